@@ -1,0 +1,1 @@
+//! The MTMed3D multi-task model in burn.
