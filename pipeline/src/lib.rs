@@ -1,0 +1,1 @@
+//! The mtmed3d engine.
