@@ -1,1 +1,4 @@
-//! Built-in mtmed3d stages.
+//! Built-in mtmed3d stages, one module per family.
+
+pub mod io;
+pub mod spatial;

@@ -1,0 +1,4 @@
+//! Reading and writing images: NIfTI, synthetic phantoms.
+
+pub mod nifti;
+pub mod phantom;

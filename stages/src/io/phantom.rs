@@ -1,0 +1,1 @@
+//! Synthetic BraTS-like cases.

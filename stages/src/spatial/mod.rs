@@ -1,0 +1,3 @@
+//! Spatial transforms: orientation.
+
+pub mod orientation;

@@ -1,0 +1,1 @@
+//! Axis codes and reorientation by flips and permutations.
