@@ -1,0 +1,834 @@
+//! Runs a plan: each component on its own threads, joined by bounded channels.
+//!
+//! ```text
+//! feeder ─▶ [case ids] ─▶ source workers ─▶ [queue] ─▶ stage 1 workers ─▶ … ─┬▶ [queue] ─▶ sink A
+//!                                                                             └▶ [queue] ─▶ sink B
+//! ```
+//!
+//! Memory is bounded by the channels: at most `Σ queue + Σ workers` samples (plus one per
+//! source worker) exist at any time, whatever the dataset size, because a full channel blocks
+//! the stage that feeds it. The runtime measures that number (`peak_in_flight`).
+//!
+//! A failed sample is reported with its case id, stage and reason; under `on_error: skip` the
+//! others carry on, under `on_error: fail` the run stops cleanly. Stopping (Ctrl-C, a fatal
+//! error) stops the source, lets every thread drain its channel without working, and tells
+//! sinks through `finish` that the run is not complete.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::config::{CommonOptions, OnError, Plan, Planned};
+use crate::error::StageError;
+use crate::registry::{Built, Kind};
+use crate::sample::Sample;
+use crate::stage::{BuildContext, FinishContext, Sink, Source, Stage, StageContext};
+
+/// How to run a plan.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Run only shard `index` of `count` (cases split by position in the sorted case list).
+    pub shard: Option<Shard>,
+    /// Set to stop the run (the CLI wires Ctrl-C to it).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Draw progress bars here (hidden when not on a terminal).
+    pub progress: Option<MultiProgress>,
+}
+
+/// One of `count` disjoint parts of the case list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `i/N` with 0 ≤ i < N.
+    pub fn parse(text: &str) -> Result<Shard, String> {
+        let (i, n) = text
+            .split_once('/')
+            .ok_or_else(|| format!("`{text}` is not a shard: write i/N, e.g. 0/4"))?;
+        let index: usize = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("shard index `{i}` is not a number"))?;
+        let count: usize = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("shard count `{n}` is not a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!(
+                "shard {index}/{count}: the index must be below the count (0/{count} … {}/{count})",
+                count.saturating_sub(1)
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The shard from a Slurm array job or a Kubernetes indexed job, if running in one.
+    pub fn from_env() -> Result<Option<Shard>, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let pair = match (
+            var("SLURM_ARRAY_TASK_ID"),
+            var("SLURM_ARRAY_TASK_COUNT"),
+            var("JOB_COMPLETION_INDEX"),
+            var("MTMED3D_SHARD_COUNT"),
+        ) {
+            (Some(i), Some(n), _, _) => Some((i, n, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")),
+            (_, _, Some(i), Some(n)) => Some((i, n, "JOB_COMPLETION_INDEX/MTMED3D_SHARD_COUNT")),
+            _ => None,
+        };
+        match pair {
+            None => Ok(None),
+            Some((i, n, from)) => Shard::parse(&format!("{i}/{n}"))
+                .map(Some)
+                .map_err(|e| format!("{from}: {e}")),
+        }
+    }
+
+    pub fn select<T>(&self, items: Vec<T>) -> Vec<T> {
+        items
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.count == self.index)
+            .map(|(_, item)| item)
+            .collect()
+    }
+}
+
+/// Why a run could not start or was stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot build `{component}`: {message}")]
+    Build { component: String, message: String },
+    #[error("source `{source_name}` cannot list its cases: {message}")]
+    Cases {
+        source_name: String,
+        message: String,
+    },
+}
+
+/// One failed sample.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaseFailure {
+    pub case: String,
+    pub epoch: u32,
+    pub stage: String,
+    pub reason: String,
+}
+
+/// What one component did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub name: String,
+    pub kind: Kind,
+    pub workers: usize,
+    pub queue: usize,
+    pub received: u64,
+    pub emitted: u64,
+    pub failed: u64,
+    /// Time spent working, summed over workers.
+    pub busy_s: f64,
+    /// Time spent waiting for input, summed over workers (a starved stage).
+    pub waiting_s: f64,
+    /// Time spent blocked on a full downstream channel (a stage held back by a slower one).
+    pub blocked_s: f64,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub pipeline: String,
+    pub shard: Option<Shard>,
+    pub cases: usize,
+    pub epochs: u32,
+    /// Samples emitted by the source (cases × epochs unless stopped early).
+    pub samples: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Samples stopped before completion because the run was interrupted.
+    pub cancelled: u64,
+    /// Samples a stage chose to drop (a filter), neither done nor failed.
+    pub dropped: u64,
+    pub failures: Vec<CaseFailure>,
+    /// Errors from components' `finish` (writing a summary file, say).
+    pub finish_errors: Vec<CaseFailure>,
+    pub interrupted: bool,
+    /// Stopped by a sample failing under `on_error: fail`.
+    pub fatal: bool,
+    pub peak_in_flight: u64,
+    /// The bound the channels guarantee (Σ queue + Σ workers).
+    pub in_flight_bound: u64,
+    pub wall_s: f64,
+    pub stages: Vec<StageReport>,
+}
+
+impl RunSummary {
+    /// True when nothing failed (or failures were allowed) and the run was not stopped.
+    pub fn success(&self, allow_failures: bool) -> bool {
+        !self.interrupted
+            && !self.fatal
+            && self.finish_errors.is_empty()
+            && (allow_failures || self.failures.is_empty())
+    }
+
+    /// A table for the terminal.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let shard = self
+            .shard
+            .map(|s| format!(" (shard {}/{})", s.index, s.count))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{}{shard}: {} done, {} failed{}{} of {} samples ({} cases × {} epochs) in {:.2} s; peak {} samples in flight (bound {})",
+            self.pipeline,
+            self.done,
+            self.failed,
+            if self.cancelled > 0 {
+                format!(", {} cancelled", self.cancelled)
+            } else {
+                String::new()
+            },
+            if self.dropped > 0 {
+                format!(", {} dropped", self.dropped)
+            } else {
+                String::new()
+            },
+            self.samples,
+            self.cases,
+            self.epochs,
+            self.wall_s,
+            self.peak_in_flight,
+            self.in_flight_bound,
+        );
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9}",
+            "component", "workers", "in", "out", "failed", "busy s", "wait s", "blocked s"
+        );
+        for s in &self.stages {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>7} {:>8} {:>8} {:>7} {:>9.3} {:>9.3} {:>9.3}",
+                s.name,
+                s.workers,
+                s.received,
+                s.emitted,
+                s.failed,
+                s.busy_s,
+                s.waiting_s,
+                s.blocked_s
+            );
+        }
+        for f in &self.failures {
+            let epoch = if self.epochs > 1 {
+                format!(" (epoch {})", f.epoch)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  FAILED {}{epoch} in {}: {}",
+                f.case, f.stage, f.reason
+            );
+        }
+        for f in &self.finish_errors {
+            let _ = writeln!(out, "  FAILED to finish {}: {}", f.stage, f.reason);
+        }
+        if self.interrupted {
+            let _ = writeln!(out, "  interrupted: outputs of this run are incomplete");
+        }
+        out
+    }
+}
+
+/// Shared bookkeeping of one run.
+struct RunState {
+    in_flight: AtomicU64,
+    peak: AtomicU64,
+    samples: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    cancelled_samples: AtomicU64,
+    dropped: AtomicU64,
+    failures: Mutex<Vec<CaseFailure>>,
+    cancel: Arc<AtomicBool>,
+    fatal: AtomicBool,
+}
+
+impl RunState {
+    fn record_failure(&self, failure: CaseFailure, policy: OnError) {
+        tracing::warn!(case = %failure.case, stage = %failure.stage, "{}", failure.reason);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(failure);
+        if policy == OnError::Fail {
+            self.fatal.store(true, Ordering::SeqCst);
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Travels with every sample of one source case; counts the case in flight until the last
+/// piece of it is dropped, then records how it ended.
+pub(crate) struct InFlightToken {
+    state: Arc<RunState>,
+    failed: AtomicBool,
+    delivered: AtomicBool,
+}
+
+impl std::fmt::Debug for InFlightToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlightToken")
+    }
+}
+
+impl InFlightToken {
+    fn new(state: Arc<RunState>) -> Arc<Self> {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        state.samples.fetch_add(1, Ordering::SeqCst);
+        Arc::new(InFlightToken {
+            state,
+            failed: AtomicBool::new(false),
+            delivered: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Drop for InFlightToken {
+    fn drop(&mut self) {
+        let s = &self.state;
+        let counter = if self.failed.load(Ordering::SeqCst) {
+            &s.failed
+        } else if s.cancel.load(Ordering::SeqCst) && !self.delivered.load(Ordering::SeqCst) {
+            &s.cancelled_samples
+        } else if self.delivered.load(Ordering::SeqCst) {
+            &s.done
+        } else {
+            &s.dropped
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        s.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    emitted: AtomicU64,
+    failed: AtomicU64,
+    busy_ns: AtomicU64,
+    waiting_ns: AtomicU64,
+    blocked_ns: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Where a component's output goes: the next stage's channel, or every sink's.
+struct Outputs {
+    senders: Vec<Sender<Sample>>,
+    /// No sinks after this point: a sample that gets here is complete.
+    terminal: bool,
+}
+
+impl Outputs {
+    /// Sends to every receiver (sharing voxels), blocking while a channel is full. Returns the
+    /// time spent blocked.
+    fn send(&self, sample: Sample) -> Duration {
+        if self.terminal {
+            if let Some(t) = &sample.token {
+                t.delivered.store(true, Ordering::SeqCst);
+            }
+            return Duration::ZERO;
+        }
+        let start = Instant::now();
+        if let Some((last, rest)) = self.senders.split_last() {
+            for tx in rest {
+                // A closed channel means the consumer stopped (the run is being cancelled).
+                let _ = tx.send(sample.clone());
+            }
+            let _ = last.send(sample);
+        }
+        start.elapsed()
+    }
+}
+
+/// A component being run: its name, options, context and counters.
+struct Hop {
+    name: String,
+    kind: Kind,
+    options: CommonOptions,
+    ctx: StageContext,
+    counters: Counters,
+    bar: Option<ProgressBar>,
+}
+
+impl Hop {
+    fn report(&self) -> StageReport {
+        let c = &self.counters;
+        let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
+        StageReport {
+            name: self.name.clone(),
+            kind: self.kind,
+            workers: self.options.workers,
+            queue: self.options.queue,
+            received: c.received.load(Ordering::Relaxed),
+            emitted: c.emitted.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            busy_s: secs(&c.busy_ns),
+            waiting_s: secs(&c.waiting_ns),
+            blocked_s: secs(&c.blocked_ns),
+        }
+    }
+
+    fn fail(&self, state: &RunState, case: &str, epoch: u32, error: StageError) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        state.record_failure(
+            CaseFailure {
+                case: case.to_string(),
+                epoch,
+                stage: self.name.clone(),
+                reason: error.message,
+            },
+            self.options.on_error,
+        );
+    }
+
+    fn tick(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> StageError {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    StageError::new(format!("internal error (panic): {text}"))
+}
+
+/// Builds every component of a plan, then runs it.
+pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
+    let ctx = BuildContext {
+        pipeline_name: plan.name.clone(),
+        pipeline_file: Some(plan.file.clone()),
+        seed: plan.seed,
+        epochs: plan.epochs,
+    };
+    let build = |p: &Planned| {
+        p.config.build(&ctx).map_err(|e| RunError::Build {
+            component: p.name.clone(),
+            message: e.message,
+        })
+    };
+    let source = match build(&plan.source)? {
+        Built::Source(s) => s,
+        _ => unreachable!("validated as a source"),
+    };
+    let mut stages = Vec::new();
+    for p in &plan.stages {
+        match build(p)? {
+            Built::Stage(s) => stages.push(s),
+            _ => unreachable!("validated as a stage"),
+        }
+    }
+    let mut sinks = Vec::new();
+    for p in &plan.sinks {
+        match build(p)? {
+            Built::Sink(s) => sinks.push(s),
+            _ => unreachable!("validated as a sink"),
+        }
+    }
+    run_built(plan, source, stages, sinks, options)
+}
+
+/// Runs components that are already built (for library users and tests).
+pub fn run_built(
+    plan: &Plan,
+    source: Box<dyn Source>,
+    stages: Vec<Box<dyn Stage>>,
+    sinks: Vec<Box<dyn Sink>>,
+    options: &RunOptions,
+) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let mut cases = source.cases().map_err(|e| RunError::Cases {
+        source_name: plan.source.name.clone(),
+        message: e.message,
+    })?;
+    cases.sort();
+    cases.dedup();
+    if let Some(shard) = options.shard {
+        cases = shard.select(cases);
+    }
+    let cancel = options
+        .cancel
+        .clone()
+        .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+    let state = Arc::new(RunState {
+        in_flight: AtomicU64::new(0),
+        peak: AtomicU64::new(0),
+        samples: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        cancelled_samples: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        failures: Mutex::new(Vec::new()),
+        cancel: cancel.clone(),
+        fatal: AtomicBool::new(false),
+    });
+    let total = cases.len() as u64 * u64::from(plan.epochs);
+    let style = ProgressStyle::with_template(
+        "{prefix:>20} [{bar:30.cyan/blue}] {pos:>5}/{len:5} {per_sec:>10} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let make_hop = |index: usize, p: &Planned| {
+        let mut ctx = StageContext::new(p.name.clone(), index, plan.seed);
+        ctx.cancel = cancel.clone();
+        let bar = options.progress.as_ref().map(|m| {
+            let bar = m.add(ProgressBar::new(total));
+            bar.set_style(style.clone());
+            bar.set_prefix(p.name.clone());
+            bar
+        });
+        Hop {
+            name: p.name.clone(),
+            kind: p.kind,
+            options: p.options,
+            ctx,
+            counters: Counters::default(),
+            bar,
+        }
+    };
+    let source_hop = make_hop(0, &plan.source);
+    let stage_hops: Vec<Hop> = plan
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| make_hop(i + 1, p))
+        .collect();
+    let sink_hops: Vec<Hop> = plan
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(i, p)| make_hop(plan.stages.len() + 1 + i, p))
+        .collect();
+
+    // Channels: one into each stage, one into each sink. Each hop gets its own clones of the
+    // ends it uses, and the originals are dropped before the threads start, so a channel
+    // closes exactly when every producer feeding it has finished.
+    let (stage_senders, stage_receivers): (Vec<Sender<Sample>>, Vec<Receiver<Sample>>) =
+        stage_hops.iter().map(|h| bounded(h.options.queue)).unzip();
+    let (sink_senders, sink_receivers): (Vec<Sender<Sample>>, Vec<Receiver<Sample>>) =
+        sink_hops.iter().map(|h| bounded(h.options.queue)).unzip();
+    // outputs[i] is where the output of hop i goes (0 = source, then each stage).
+    let mut outputs: Vec<Outputs> = (0..=stage_hops.len())
+        .map(|position| {
+            if position < stage_senders.len() {
+                Outputs {
+                    senders: vec![stage_senders[position].clone()],
+                    terminal: false,
+                }
+            } else {
+                Outputs {
+                    senders: sink_senders.clone(),
+                    terminal: sink_senders.is_empty(),
+                }
+            }
+        })
+        .collect();
+    drop(stage_senders);
+    drop(sink_senders);
+
+    let in_flight_bound = source_hop.options.workers as u64
+        + stage_hops
+            .iter()
+            .chain(sink_hops.iter())
+            .map(|h| (h.options.queue + h.options.workers) as u64)
+            .sum::<u64>();
+
+    let finish_errors: Mutex<Vec<CaseFailure>> = Mutex::new(Vec::new());
+    let finish = |hop: &Hop, result: Result<(), StageError>| {
+        if let Err(e) = result {
+            finish_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(CaseFailure {
+                    case: String::new(),
+                    epoch: 0,
+                    stage: hop.name.clone(),
+                    reason: e.message,
+                });
+        }
+        if let Some(bar) = &hop.bar {
+            bar.finish();
+        }
+    };
+    let finish_context = |hop: &Hop| FinishContext {
+        stage: hop.name.clone(),
+        complete: !cancel.load(Ordering::SeqCst),
+        samples_done: hop.counters.emitted.load(Ordering::Relaxed),
+        samples_failed: hop.counters.failed.load(Ordering::Relaxed),
+    };
+
+    std::thread::scope(|scope| {
+        // Feeder: (epoch, case) pairs, stopping early on cancel.
+        let (case_tx, case_rx) = bounded::<(u32, String)>(source_hop.options.workers);
+        {
+            let cases = &cases;
+            let cancel = &cancel;
+            let epochs = plan.epochs;
+            scope.spawn(move || {
+                'feed: for epoch in 0..epochs {
+                    for case in cases {
+                        if cancel.load(Ordering::SeqCst)
+                            || case_tx.send((epoch, case.clone())).is_err()
+                        {
+                            break 'feed;
+                        }
+                    }
+                }
+            });
+        }
+
+        // Source workers.
+        {
+            let out = outputs.remove(0);
+            let hop = &source_hop;
+            let source = source.as_ref();
+            let state = &state;
+            scope.spawn(move || {
+                std::thread::scope(|inner| {
+                    for _ in 0..hop.options.workers {
+                        let case_rx = case_rx.clone();
+                        let out = &out;
+                        inner.spawn(move || {
+                            loop {
+                                let wait = Instant::now();
+                                let Ok((epoch, case)) = case_rx.recv() else {
+                                    break;
+                                };
+                                hop.counters
+                                    .waiting_ns
+                                    .fetch_add(nanos(wait.elapsed()), Ordering::Relaxed);
+                                if state.cancel.load(Ordering::SeqCst) {
+                                    continue;
+                                }
+                                hop.counters.received.fetch_add(1, Ordering::Relaxed);
+                                let token = InFlightToken::new(state.clone());
+                                let busy = Instant::now();
+                                let loaded =
+                                    catch_unwind(AssertUnwindSafe(|| source.load(&case, &hop.ctx)))
+                                        .unwrap_or_else(|p| Err(panic_message(p)));
+                                hop.counters
+                                    .busy_ns
+                                    .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);
+                                hop.tick();
+                                match loaded {
+                                    Ok(mut sample) => {
+                                        sample.epoch = epoch;
+                                        sample.token = Some(token);
+                                        hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
+                                        let blocked = out.send(sample);
+                                        hop.counters
+                                            .blocked_ns
+                                            .fetch_add(nanos(blocked), Ordering::Relaxed);
+                                    }
+                                    Err(e) => {
+                                        token.failed.store(true, Ordering::SeqCst);
+                                        hop.fail(state, &case, epoch, e);
+                                    }
+                                }
+                            }
+                        });
+                    }
+                });
+                finish(hop, Ok(()));
+                drop(out);
+            });
+        }
+
+        // Stages.
+        for ((hop, stage), (rx, out)) in stage_hops
+            .iter()
+            .zip(stages.iter())
+            .zip(stage_receivers.into_iter().zip(outputs.drain(..)))
+        {
+            let state = &state;
+            let stage = stage.as_ref();
+            let finish = &finish;
+            let finish_context = &finish_context;
+            scope.spawn(move || {
+                std::thread::scope(|inner| {
+                    for _ in 0..hop.options.workers {
+                        let rx = rx.clone();
+                        let out = &out;
+                        inner.spawn(move || {
+                            loop {
+                                let wait = Instant::now();
+                                let Ok(sample) = rx.recv() else { break };
+                                hop.counters
+                                    .waiting_ns
+                                    .fetch_add(nanos(wait.elapsed()), Ordering::Relaxed);
+                                if state.cancel.load(Ordering::SeqCst) {
+                                    continue;
+                                }
+                                hop.counters.received.fetch_add(1, Ordering::Relaxed);
+                                let token = sample.token.clone();
+                                let (case, epoch) = (sample.id.clone(), sample.epoch);
+                                let busy = Instant::now();
+                                let result = catch_unwind(AssertUnwindSafe(|| {
+                                    stage.expand(sample, &hop.ctx)
+                                }))
+                                .unwrap_or_else(|p| Err(panic_message(p)));
+                                hop.counters
+                                    .busy_ns
+                                    .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);
+                                hop.tick();
+                                match result {
+                                    Ok(samples) => {
+                                        for s in samples {
+                                            hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
+                                            let blocked = out.send(s);
+                                            hop.counters
+                                                .blocked_ns
+                                                .fetch_add(nanos(blocked), Ordering::Relaxed);
+                                        }
+                                    }
+                                    Err(e) => {
+                                        if let Some(t) = &token {
+                                            t.failed.store(true, Ordering::SeqCst);
+                                        }
+                                        hop.fail(state, &case, epoch, e);
+                                    }
+                                }
+                            }
+                        });
+                    }
+                });
+                // Every worker has stopped: the stage's output is final.
+                finish(hop, stage.finish(&finish_context(hop)));
+                drop(out);
+            });
+        }
+
+        // Sinks.
+        for ((hop, sink), rx) in sink_hops.iter().zip(sinks.iter()).zip(sink_receivers) {
+            let state = &state;
+            let sink = sink.as_ref();
+            let finish = &finish;
+            let finish_context = &finish_context;
+            scope.spawn(move || {
+                std::thread::scope(|inner| {
+                    for _ in 0..hop.options.workers {
+                        let rx = rx.clone();
+                        inner.spawn(move || {
+                            loop {
+                                let wait = Instant::now();
+                                let Ok(sample) = rx.recv() else { break };
+                                hop.counters
+                                    .waiting_ns
+                                    .fetch_add(nanos(wait.elapsed()), Ordering::Relaxed);
+                                if state.cancel.load(Ordering::SeqCst) {
+                                    continue;
+                                }
+                                hop.counters.received.fetch_add(1, Ordering::Relaxed);
+                                let token = sample.token.clone();
+                                let (case, epoch) = (sample.id.clone(), sample.epoch);
+                                let busy = Instant::now();
+                                let result =
+                                    catch_unwind(AssertUnwindSafe(|| sink.write(sample, &hop.ctx)))
+                                        .unwrap_or_else(|p| Err(panic_message(p)));
+                                hop.counters
+                                    .busy_ns
+                                    .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);
+                                hop.tick();
+                                match result {
+                                    Ok(()) => {
+                                        hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
+                                        if let Some(t) = &token {
+                                            t.delivered.store(true, Ordering::SeqCst);
+                                        }
+                                    }
+                                    Err(e) => {
+                                        if let Some(t) = &token {
+                                            t.failed.store(true, Ordering::SeqCst);
+                                        }
+                                        hop.fail(state, &case, epoch, e);
+                                    }
+                                }
+                            }
+                        });
+                    }
+                });
+                finish(hop, sink.finish(&finish_context(hop)));
+            });
+        }
+    });
+
+    let mut failures =
+        std::mem::take(&mut *state.failures.lock().unwrap_or_else(|p| p.into_inner()));
+    failures.sort_by(|a, b| (a.epoch, &a.case).cmp(&(b.epoch, &b.case)));
+    let reports = std::iter::once(&source_hop)
+        .chain(stage_hops.iter())
+        .chain(sink_hops.iter())
+        .map(Hop::report)
+        .collect();
+    let fatal = state.fatal.load(Ordering::SeqCst);
+    Ok(RunSummary {
+        pipeline: plan.name.clone(),
+        shard: options.shard,
+        cases: cases.len(),
+        epochs: plan.epochs,
+        samples: state.samples.load(Ordering::SeqCst),
+        done: state.done.load(Ordering::SeqCst),
+        failed: state.failed.load(Ordering::SeqCst),
+        cancelled: state.cancelled_samples.load(Ordering::SeqCst),
+        dropped: state.dropped.load(Ordering::SeqCst),
+        failures,
+        finish_errors: finish_errors
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner()),
+        interrupted: cancel.load(Ordering::SeqCst) && !fatal,
+        fatal,
+        peak_in_flight: state.peak.load(Ordering::SeqCst),
+        in_flight_bound,
+        wall_s: started.elapsed().as_secs_f64(),
+        stages: reports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_cases_disjointly_and_completely() {
+        let cases: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+        let mut all = Vec::new();
+        for i in 0..3 {
+            let part = Shard { index: i, count: 3 }.select(cases.clone());
+            assert!(part.len() == 3 || part.len() == 4);
+            all.extend(part);
+        }
+        all.sort();
+        assert_eq!(all, cases);
+        assert_eq!(Shard::parse("1/4").unwrap(), Shard { index: 1, count: 4 });
+        assert!(Shard::parse("4/4").unwrap_err().contains("below the count"));
+        assert!(Shard::parse("x").unwrap_err().contains("write i/N"));
+    }
+}
