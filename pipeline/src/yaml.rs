@@ -343,7 +343,11 @@ impl de::Error for DeError {
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
         DeError::new(
             DeErrorKind::WrongType,
-            format!("wrong type: found {unexp}, expected {exp}"),
+            format!(
+                "wrong type: found {}, expected {}",
+                describe_unexpected(&unexp),
+                plain_expected(&exp.to_string())
+            ),
         )
     }
     fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
@@ -355,7 +359,10 @@ impl de::Error for DeError {
     fn invalid_length(len: usize, exp: &dyn de::Expected) -> Self {
         DeError::new(
             DeErrorKind::InvalidValue,
-            format!("wrong number of elements: found {len}, expected {exp}"),
+            format!(
+                "wrong number of elements: found {len}, expected {}",
+                plain_expected(&exp.to_string())
+            ),
         )
     }
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
@@ -386,6 +393,39 @@ impl de::Error for DeError {
         );
         e.name = Some(field.to_string());
         e
+    }
+}
+
+/// The value found, in the words of a YAML file rather than of Rust.
+fn describe_unexpected(unexp: &de::Unexpected<'_>) -> String {
+    use de::Unexpected as U;
+    match unexp {
+        U::Bool(b) => format!("the boolean `{b}`"),
+        U::Unsigned(n) => format!("the integer `{n}`"),
+        U::Signed(n) => format!("the integer `{n}`"),
+        U::Float(x) => format!("the number `{x}`"),
+        U::Char(c) => format!("the string `{c}`"),
+        U::Str(s) => format!("the string `{s}`"),
+        U::Unit => "null".into(),
+        U::Seq => "a list".into(),
+        U::Map => "a mapping".into(),
+        other => other.to_string(),
+    }
+}
+
+/// What was expected, with Rust type names translated for someone writing YAML.
+fn plain_expected(expected: &str) -> String {
+    match expected {
+        "f32" | "f64" => "a number".into(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number ≥ 0".into(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
+        "a boolean" => "`true` or `false`".into(),
+        "a sequence" => "a list".into(),
+        other if other.starts_with("struct ") => "a mapping of parameter names to values".into(),
+        other if other.starts_with("an array of length ") => {
+            format!("a list of {}", &other["an array of length ".len()..])
+        }
+        other => other.to_string(),
     }
 }
 

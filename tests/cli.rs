@@ -1,0 +1,276 @@
+//! The command line as a user meets it: exit statuses, messages, outputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn mtmed3d(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mtmed3d"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn validate_prints_every_error_with_location_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "broken.yaml",
+        "source:\n  synthetic: {cases: 2}\nstages:\n  - scael: {factor: 2}\n  - rand_noise: {std: high}\nsinks:\n  - json_write: {path: out/x.jsonl, colour: red}\n",
+    );
+    let out = mtmed3d(&["validate", "broken.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    for expected in [
+        "error[unknown-stage]: unknown stage `scael`",
+        "--> broken.yaml:4:5",
+        "= help: did you mean `scale`?",
+        "error[wrong-type]: `rand_noise`: wrong type: found the string `high`, expected a number",
+        "--> broken.yaml:5:23",
+        "error[unknown-field]: unknown parameter `colour` for `json_write`",
+        "--> broken.yaml:7:37",
+        "3 errors in broken.yaml",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+
+    let out = mtmed3d(&["validate", "--json", "broken.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 3);
+    assert_eq!(errors[0]["kind"], "unknown_stage");
+    assert_eq!(
+        (errors[0]["line"].as_u64(), errors[0]["column"].as_u64()),
+        (Some(4), Some(5))
+    );
+}
+
+#[test]
+fn validate_accepts_the_shipped_pipelines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(root.join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = mtmed3d(&["validate", path.to_str().unwrap()], root);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                text(&out.stderr)
+            );
+            assert!(text(&out.stdout).contains(": valid ("));
+        }
+    }
+}
+
+#[test]
+fn a_missing_pipeline_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mtmed3d(&["validate", "nope.yaml"], dir.path());
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("cannot read pipeline file nope.yaml"));
+}
+
+#[test]
+fn a_failing_case_is_named_the_others_complete_and_the_status_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = "source:\n  synthetic: {cases: 20, shape: [4, 4, 4]}\nstages:\n  - fail_cases: {cases: [case_007], reason: truncated gzip stream}\nsinks:\n  - json_write: {path: out/stats.jsonl}\n";
+    write(dir.path(), "p.yaml", pipeline);
+    let out = mtmed3d(
+        &["run", "p.yaml", "--summary", "out/summary.json"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("19 done, 1 failed of 20 samples"), "{err}");
+    assert!(
+        err.contains("FAILED case_007 in fail_cases: truncated gzip stream"),
+        "{err}"
+    );
+    let rows = lines(&dir.path().join("out/stats.jsonl"));
+    assert_eq!(rows.len(), 19);
+    assert!(rows.iter().all(|r| r["id"] != "case_007"));
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["failures"][0]["case"], "case_007");
+    assert_eq!(summary["done"], 19);
+
+    let out = mtmed3d(
+        &["run", "p.yaml", "--set", "allow_failures=true"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn shards_partition_the_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.yaml",
+        "source:\n  synthetic: {cases: 10, shape: [2, 2, 2]}\nsinks:\n  - json_write: {path: out/all.jsonl}\n",
+    );
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let path = format!("sinks.json_write.path=out/shard{i}.jsonl");
+        let shard = format!("{i}/3");
+        let out = mtmed3d(
+            &["run", "p.yaml", "--shard", &shard, "--set", &path],
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let rows = lines(&dir.path().join(format!("out/shard{i}.jsonl")));
+        assert!((3..=4).contains(&rows.len()));
+        ids.extend(rows.iter().map(|r| r["id"].as_str().unwrap().to_string()));
+    }
+    ids.sort();
+    let expected: Vec<String> = (0..10).map(|i| format!("case_{i:03}")).collect();
+    assert_eq!(ids, expected);
+
+    let out = mtmed3d(&["run", "p.yaml", "--shard", "3/3"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("the index must be below the count"));
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_leaves_no_complete_looking_output() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "slow.yaml",
+        "source:\n  synthetic: {cases: 400, shape: [2, 2, 2]}\nstages:\n  - delay: {ms: 20}\nsinks:\n  - json_write: {path: out/stats.jsonl}\n",
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_mtmed3d"))
+        .args(["run", "slow.yaml"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopping took too long"
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("interrupted: outputs of this run are incomplete"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out/stats.jsonl").exists());
+    let partial = lines(&dir.path().join("out/stats.jsonl.partial"));
+    assert!(
+        !partial.is_empty() && partial.len() < 400,
+        "{}",
+        partial.len()
+    );
+}
+
+#[test]
+fn stages_lists_every_component_with_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mtmed3d(&["stages", "--json"], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scale = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "scale")
+        .unwrap();
+    assert_eq!(scale["kind"], "stage");
+    let params = scale["params"].as_array().unwrap();
+    let factor = params.iter().find(|p| p["name"] == "factor").unwrap();
+    assert_eq!(
+        (factor["type"].as_str(), factor["required"].as_bool()),
+        (Some("number"), Some(true))
+    );
+    let field = params.iter().find(|p| p["name"] == "field").unwrap();
+    assert_eq!(field["default"], "image");
+    assert!(!field["doc"].as_str().unwrap().is_empty());
+
+    let out = mtmed3d(&["stages"], dir.path());
+    let listing = text(&out.stdout);
+    for name in ["synthetic", "scale", "rand_noise", "json_write", "discard"] {
+        assert!(listing.contains(name), "{name} missing from:\n{listing}");
+    }
+    let out = mtmed3d(&["stages", "scael"], dir.path());
+    assert!(text(&out.stderr).contains("did you mean `scale`?"));
+}
+
+#[test]
+fn graph_draws_the_wired_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.yaml",
+        "source:\n  synthetic: {}\nstages:\n  - scale: {factor: 2, queue: 5}\nsinks:\n  - json_write: {path: a.jsonl}\n  - discard: {}\n",
+    );
+    let out = mtmed3d(&["graph", "p.yaml"], dir.path());
+    let mermaid = text(&out.stdout);
+    assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
+    for edge in [
+        "n0 -->|queue 5| n1",
+        "n1 -->|queue 2| n2",
+        "n1 -->|queue 2| n3",
+    ] {
+        assert!(mermaid.contains(edge), "{edge} missing from:\n{mermaid}");
+    }
+    let out = mtmed3d(&["graph", "p.yaml", "--format", "dot"], dir.path());
+    let dot = text(&out.stdout);
+    assert!(dot.contains("n0 -> n1 [label=\"queue 5\"]"), "{dot}");
+}
+
+#[test]
+fn the_demo_runs_from_an_empty_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mtmed3d(
+        &[
+            "demo",
+            "--out",
+            "run",
+            "--set",
+            "source.synthetic.shape=[8, 8, 8]",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(lines(&dir.path().join("run/stats.jsonl")).len(), 24);
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("run/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["done"], 24);
+}
