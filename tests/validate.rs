@@ -144,7 +144,7 @@ fn an_empty_pipeline_is_an_error() {
     assert_eq!(d.kind, K::EmptyPipeline);
     let d = only(&format!("{SOURCE}stages: []\nsinks: []\n"));
     assert_eq!(at(&d), (K::EmptyPipeline, 3, 1));
-    let d = only(&format!("{SOURCE}"));
+    let d = only(SOURCE);
     assert_eq!(at(&d), (K::EmptyPipeline, 1, 1));
 }
 

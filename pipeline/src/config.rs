@@ -313,7 +313,7 @@ impl Validator<'_> {
         }
         let allow_failures: bool = self.scalar(root, "allow_failures").unwrap_or(false);
         let defaults = match root.get("defaults") {
-            Some((_, node)) => self.common_options(node, CommonOptions::default(), &[]).0,
+            Some((_, node)) => self.common_options(node, CommonOptions::default()).0,
             None => CommonOptions::default(),
         };
 
@@ -623,7 +623,6 @@ impl Validator<'_> {
         &mut self,
         params: &Node,
         defaults: CommonOptions,
-        _context: &[&str],
     ) -> (CommonOptions, Vec<(Node, Node)>) {
         let mut options = defaults;
         let mut rest = Vec::new();
@@ -666,10 +665,6 @@ impl Validator<'_> {
 
     fn check_fields(&mut self, source: &Planned, stages: &[Planned], sinks: &[Planned]) {
         let mut available: BTreeSet<String> = source.config.writes().into_iter().collect();
-        let mut writers: Vec<(String, String)> = Vec::new();
-        for w in &available {
-            writers.push((w.clone(), source.name.clone()));
-        }
         for stage in stages {
             self.check_reads(stage, &available);
             for w in stage.config.writes() {
