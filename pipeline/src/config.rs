@@ -534,11 +534,8 @@ impl Validator<'_> {
             }
         };
         let before = self.errors.len();
-        let (options, own_params) = self.common_options(
-            &Node::new(params.loc, Value::Map(own_params)),
-            defaults,
-            &[],
-        );
+        let (options, own_params) =
+            self.common_options(&Node::new(params.loc, Value::Map(own_params)), defaults);
         let accepted = entry.param_names();
         let mut kept = Vec::new();
         for (k, v) in own_params {
