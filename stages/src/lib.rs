@@ -4,6 +4,7 @@
 //! write its config and implementation in one file and add one line to [`registry`].
 
 pub mod basic;
+pub mod fields;
 pub mod io;
 pub mod spatial;
 
