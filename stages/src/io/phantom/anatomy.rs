@@ -210,7 +210,7 @@ impl Anatomy {
         let mut sdf = smin(cerebrum, temporal, 10.0);
         sdf = smin(sdf, cerebellum, 5.0);
         sdf = smin(sdf, stem, 6.0);
-        // Far from the surface the perturbations below (at most ~9 mm) cannot change what the value is
+        // Far from the surface the perturbations below (at most ~10 mm) cannot change what the value is
         // used for, so skip them; this is most of the volume.
         if !(-55.0..=30.0).contains(&sdf) {
             return BrainSdf {
@@ -226,8 +226,8 @@ impl Anatomy {
         let groove = (1.0 - al / 7.0).max(0.0);
         sdf += 5.0 * groove * groove * groove_region;
         // Gentle irregularity of the outline: lobes and bumps of a few mm.
-        sdf += 1.6 * self.outline_lo.at_scaled(p, 1.0 / 30.0)
-            + 0.5 * self.outline_hi.at_scaled(p, 1.0 / 12.0);
+        sdf += 2.2 * self.outline_lo.at_scaled(p, 1.0 / 30.0)
+            + 0.7 * self.outline_hi.at_scaled(p, 1.0 / 12.0);
         BrainSdf {
             sdf: sdf * g,
             cerebrum: cerebrum * g,
@@ -307,7 +307,7 @@ impl Anatomy {
 
         // Thin CSF layer over the convexity (subarachnoid space), patchy like in skull-stripped scans.
         let surf = self.surface_csf
-            * (1.0 + 0.6 * self.surface_csf_noise.at_scaled(p, 1.0 / 20.0)).max(0.0);
+            * (1.0 + 0.8 * self.surface_csf_noise.at_scaled(p, 1.0 / 20.0)).max(0.0);
         let (ventricles, choroid) = self.ventricles(p);
         TissueFields {
             sulcus,

@@ -817,7 +817,7 @@ fn shade(v: &Node, look: &Appearance, inv_pv: f32, seed: u64, lin: u64) -> Voxel
         (DGM, normal * dgm * (1.0 - ow)),
     ];
     let f_tumour = [(NECROSIS, nec), (ENHANCING, enh), (NON_ENHANCING, net)];
-    let tex_a = 1.0 + 0.025 * v[CH_TEX];
+    let tex_a = 1.0 + 0.035 * v[CH_TEX];
     let tex_t = v[CH_TEX_TUMOUR];
 
     let mut values = [0.0f32; 4];

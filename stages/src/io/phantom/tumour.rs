@@ -140,11 +140,11 @@ impl Tumour {
         let e_max = e[0].max(e[1]).max(e[2]);
 
         let a_core = if lgg {
-            rng.random_range(0.07..0.15)
-        } else {
             rng.random_range(0.1..0.2)
+        } else {
+            rng.random_range(0.14..0.28)
         };
-        let a_oedema = rng.random_range(0.08..0.16);
+        let a_oedema = rng.random_range(0.11..0.22);
         let oedema_ratio = if lgg {
             rng.random_range(1.1..1.5)
         } else {
@@ -152,7 +152,7 @@ impl Tumour {
         };
         let oedema_extra = if lgg { 3.0 } else { 4.0 };
 
-        // Rejection sampling of the centre: the perturbed core (bounded by about four noise std) plus a
+        // Rejection sampling of the centre: the perturbed core (noise is bounded by about 3.4 std) plus a
         // margin must lie inside the cerebrum, on the chosen side.
         let dirs = probe_directions();
         let mut centre = [side * 30.0, -10.0, 25.0];
@@ -191,7 +191,10 @@ impl Tumour {
             r_core = 3.0 * voxel_mm;
         }
 
-        let r_oedema = (r_core * oedema_ratio + oedema_extra).min(r_core + 20.0);
+        // Oedema normally surrounds the core: reach at least a little beyond its typical perturbed surface.
+        let r_oedema = (r_core * oedema_ratio + oedema_extra)
+            .min(r_core + 20.0)
+            .max(r_core * e_max * (1.0 + 2.0 * a_core) + 3.0);
         let inv = [
             1.0 / (e[0] * r_core),
             1.0 / (e[1] * r_core),
@@ -212,19 +215,19 @@ impl Tumour {
             // A minority of low-grade tumours have a small cystic/necrotic centre.
             (rng.random_bool(0.2), rng.random_range(0.2..0.4f32))
         } else {
-            (true, rng.random_range(0.35..0.7f32))
+            (true, rng.random_range(0.55..0.82f32))
         };
         let necrosis_level = necrosis_level.min(level_cap);
         let gap_threshold = if lgg {
             // Most LGG do not enhance; some have a faint focus (about 1–3 % of the core).
             if rng.random_bool(0.3) {
-                rng.random_range(1.8..2.3)
+                rng.random_range(1.9..2.3)
             } else {
                 f32::INFINITY
             }
         } else {
             // 5–20 % of the viable rim does not enhance.
-            rng.random_range(0.85..1.6)
+            rng.random_range(0.85..1.65)
         };
         let mass_shift = if mass_effect {
             r_core
@@ -246,7 +249,7 @@ impl Tumour {
             max_axis_mm: r_core * e_max,
             a_core,
             necrosis_level,
-            a_necrosis: rng.random_range(0.08..0.14),
+            a_necrosis: rng.random_range(0.11..0.2),
             gap_threshold,
             lgg,
             has_necrosis,
@@ -267,7 +270,7 @@ impl Tumour {
         }
     }
 
-    /// Radius (mm) beyond which every tumour field is negative (noise bounded at about four std).
+    /// Radius (mm) beyond which every tumour field is negative (noise is bounded by about 3.4 std).
     pub(crate) fn reach(&self) -> f32 {
         self.core_reach()
             .max(self.r_oedema * (1.0 + 4.0 * 1.6 * self.a_oedema) + 2.0)
