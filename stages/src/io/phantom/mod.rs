@@ -197,6 +197,7 @@ impl PhantomConfig {
 
 /// Tumour grade; HGG is the positive class (1) of the grading task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Grade {
     Hgg,
     Lgg,
@@ -221,6 +222,7 @@ impl Grade {
 
 /// The patient's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Hemisphere {
     Left,
     Right,
@@ -730,10 +732,10 @@ fn render_slab(
             continue;
         }
         let [p00, p10, p01, p11] = cols.map(|c| c * gz);
-        for c in start..end {
+        for (c, r) in row.iter_mut().enumerate().take(end).skip(start) {
             let lo = blend(&grid.nodes[p00 + c], &grid.nodes[p10 + c], fx);
             let hi = blend(&grid.nodes[p01 + c], &grid.nodes[p11 + c], fx);
-            row[c] = blend(&lo, &hi, fy);
+            *r = blend(&lo, &hi, fy);
         }
         // Voxels whose two z-neighbour nodes both lie in [start, end).
         let k_start = start * step;

@@ -103,7 +103,7 @@ fn grad(h: u64, x: f32, y: f32, z: f32) -> f32 {
 impl Noise {
     pub(crate) fn new(seed: u64) -> Self {
         Self {
-            seed: fmix64(seed ^ 0x5eed_0f_9015e),
+            seed: fmix64(seed ^ 0x05ee_d0f9_015e),
         }
     }
 

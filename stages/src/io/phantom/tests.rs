@@ -565,3 +565,33 @@ fn config_deserialises_with_defaults_and_rejects_bad_values() {
         .is_err()
     );
 }
+
+#[test]
+fn mass_effect_moves_anatomy_but_not_the_tumour_core() {
+    let with = generate_case(&small(), 5, 2);
+    let without = generate_case(
+        &PhantomConfig {
+            mass_effect: false,
+            ..small()
+        },
+        5,
+        2,
+    );
+    assert_eq!(with.tumour, without.tumour);
+    let core = |c: &PhantomCase| c.seg.mapv(|l| (l == 1 || l == 4) as u8);
+    assert_eq!(core(&with), core(&without));
+    let moved = with
+        .tissue
+        .iter()
+        .zip(without.tissue.iter())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(moved > 100, "only {moved} voxels changed tissue");
+}
+
+#[test]
+fn grade_serialises_like_brats_folders() {
+    assert_eq!(serde_json::to_string(&Grade::Hgg).unwrap(), "\"HGG\"");
+    assert_eq!(Grade::Lgg.as_str(), "LGG");
+    assert_eq!((Grade::Hgg.class_index(), Grade::Lgg.class_index()), (1, 0));
+}

@@ -229,13 +229,14 @@ impl Tumour {
             // 5–20 % of the viable rim does not enhance.
             rng.random_range(0.85..1.65)
         };
+        // Drawn whether or not it is used, so that switching mass effect off changes nothing else.
+        let mass_fraction = if lgg {
+            rng.random_range(0.05..0.25)
+        } else {
+            rng.random_range(0.15..0.4)
+        };
         let mass_shift = if mass_effect {
-            r_core
-                * if lgg {
-                    rng.random_range(0.05..0.25)
-                } else {
-                    rng.random_range(0.15..0.4)
-                }
+            r_core * mass_fraction
         } else {
             0.0
         };
