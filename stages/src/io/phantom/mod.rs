@@ -26,21 +26,25 @@
 //!   rejection sampling so that the perturbed core plus a margin lies inside the cerebrum). The core is a
 //!   randomly rotated ellipsoid (semi-axes ×0.8–1.25) whose radius is perturbed by low-frequency 3D noise.
 //!   - HGG: necrosis (label 1) inside an irregular enhancing rim (label 4), 5–20 % of the rim
-//!     non-enhancing (label 1), oedema (label 2) reaching 1.25–1.8× the core radius (+4 mm, at most
-//!     +20 mm).
+//!     non-enhancing (label 1); ET is typically 45–85 % of TC. Oedema (label 2) reaches 1.25–1.8× the
+//!     core radius (+4 mm, at most +20 mm, at least a little beyond the core).
 //!   - LGG: non-enhancing core (label 1); 20 % have a small cystic centre (label 1), 30 % a faint
-//!     enhancing focus of a few percent of the core; oedema 1.1–1.5× the core radius (+3 mm).
+//!     enhancing focus of about 1–3 % of the core, the rest none; oedema 1.1–1.5× the core radius (+3 mm).
 //!   - Oedema spreads in white and deep grey matter, only marginally into cortex, never into CSF, with
 //!     finger-like irregular borders. Mass effect (optional) pushes the surrounding anatomy (ventricles,
 //!     sulci, midline) away from the tumour; the brain outline stays put.
 //!   - Core radius (before perturbation) is drawn from `tumour_radius_mm` (default 10–24 mm), which gives
-//!     tumour-core volumes of roughly 3–80 cm³ and whole-tumour volumes of roughly 10–300 cm³ at full size.
+//!     tumour-core volumes of roughly 3–80 ml and whole-tumour volumes of roughly 10–300 ml in the
+//!     full-size brain (the tests accept 2–100 and 6–350 ml). [`TumourInfo`] reports what was drawn.
 //! - **Contrasts** (arbitrary units near BraTS ranges; per-case gain 0.85–1.2 per modality and ±5 %
 //!   jitter per tissue): T1 WM > GM > CSF; T1ce like T1 with strong enhancement of the enhancing rim,
 //!   choroid plexus and falx; T2 CSF and oedema bright, WM darker than GM; FLAIR CSF suppressed, oedema
 //!   and non-enhancing tumour bright. Smooth tissue texture, stronger tumour heterogeneity.
-//! - **Acquisition**: a smooth multiplicative bias field per modality (low-frequency noise plus a linear
-//!   gradient, ±`bias_field`), then Rician noise (`noise` × the white-matter level), rounded to integers.
+//! - **Acquisition**: a smooth multiplicative bias field per modality (the exponential of a random
+//!   quadratic polynomial, within ±`bias_field`), then Rician noise (`noise` × the white-matter level),
+//!   rounded to integers.
+//! - **Also returned**: a normal-tissue map ([`PhantomCase::tissue`]: CSF, cortical grey, white, deep grey
+//!   matter) for tests and for tasks other than tumour segmentation.
 //!
 //! # Scale
 //! Anatomy is defined in millimetres of an adult brain in a 240×240×155, 1 mm volume and is scaled
@@ -49,16 +53,23 @@
 //! voxels on coarse grids so that they remain visible.
 //!
 //! # Speed
-//! Smooth fields are evaluated on a grid of every second voxel (full resolution below ~1.5 mm of
-//! reference anatomy per voxel) and trilinearly interpolated; outside the brain only the outline is
-//! evaluated. Per-voxel work is a blend of sixteen interpolated channels plus eight hashed Gaussian draws.
+//! Smooth fields are evaluated on a grid of every second voxel (every voxel when a voxel spans more than
+//! 1.5 mm of the reference brain, e.g. 96³) and trilinearly interpolated; thin sheets are interpolated as
+//! signed coordinates across the sheet and only thresholded per voxel, so they stay continuous. Outside
+//! the brain only the outline is evaluated, and rows of voxels that cannot reach the brain are skipped.
+//! Per brain voxel: one blend of the interpolated channels, a few square roots and eight hashed Gaussian
+//! draws. About 0.6 s of CPU for a 240×240×155 case, 0.3 s for 96³, split across rayon threads.
 //!
 //! # Limits
-//! Not a biophysical simulation: no skull, vessels other than the choroid plexus and falx, no
+//! Not a biophysical simulation: no skull, no vessels other than the choroid plexus and falx, no
 //! hippocampus/insula detail, no cerebellar folia distinct from cortical sulci, one tumour per case, no
 //! multifocal or midline-crossing (butterfly) gliomas, oedema does not follow real fibre tracts, mass
 //! effect does not compress ventricles or shift the outline, no motion or ghosting artefacts, and no
 //! slice-thickness anisotropy beyond what `spacing` gives. Intensities are plausible, not calibrated.
+//! The gyral pattern is noise, not a real folding pattern; the brainstem is cut by the bottom of the
+//! volume as in many BraTS scans. Small volumes (64×64×48) resolve the cortex and sulci only as partial
+//! volume. Memory: the sampled grid holds 24 floats per node (about 110 MB at full size) while a case is
+//! generated.
 
 mod anatomy;
 mod noise;
