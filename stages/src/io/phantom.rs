@@ -1,1 +1,0 @@
-//! Synthetic BraTS-like cases.
