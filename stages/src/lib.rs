@@ -5,7 +5,9 @@
 
 pub mod basic;
 pub mod fields;
+pub mod intensity;
 pub mod io;
+pub mod labels;
 pub mod spatial;
 
 use mtmed3d_pipeline::Registry;
@@ -18,6 +20,12 @@ pub fn registry() -> Registry {
     r.stage::<basic::RandNoise>();
     r.stage::<basic::FailCases>();
     r.stage::<basic::Delay>();
+    r.stage::<intensity::Normalise>();
+    r.stage::<spatial::crop::Crop>();
+    r.stage::<spatial::crop::RandCrop>();
+    r.stage::<spatial::crop::Patches>();
+    r.stage::<labels::BratsRegions>();
+    r.stage::<labels::Boxes>();
     r.sink::<basic::JsonWrite>();
     r.sink::<basic::Discard>();
     r

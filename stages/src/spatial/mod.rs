@@ -1,3 +1,4 @@
-//! Spatial transforms: orientation.
+//! Spatial transforms: orientation, cropping.
 
+pub mod crop;
 pub mod orientation;

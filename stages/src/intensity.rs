@@ -1,0 +1,301 @@
+//! Intensity normalisation for MRI and CT.
+//!
+//! ```yaml
+//! - normalise: {}                                   # MRI: z-score over brain voxels, per channel
+//! - normalise: {mode: window, window: [-1000, 400], out_range: [0, 1], clip: true}   # CT, HU
+//! - normalise: {mode: percentile, percentiles: [0.5, 99.5], clip: true}
+//! ```
+//!
+//! `zscore` is MONAI's `NormalizeIntensity`: with `nonzero`, mean and (population) standard
+//! deviation come from the nonzero voxels only and zeros stay zero; a standard deviation of 0
+//! is taken as 1. `window` is MONAI's `ScaleIntensityRange`; `percentile` its
+//! `ScaleIntensityRangePercentiles`, with numpy's linear-interpolation percentiles.
+
+use mtmed3d_pipeline::{
+    BuildContext, Component, Problem, Sample, Stage, StageConfig, StageContext, StageError,
+};
+use ndarray::{ArrayViewMutD, Axis};
+use rayon::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NormaliseMode {
+    /// (v − mean) / std.
+    Zscore,
+    /// Linear map of `window` to `out_range` (CT Hounsfield windows).
+    Window,
+    /// Linear map of the `percentiles` of the data to `out_range`.
+    Percentile,
+}
+
+/// Normalises the intensities of an f32 field.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Normalise {
+    /// The f32 field (C×X×Y×Z).
+    #[serde(default = "default_image")]
+    pub field: String,
+    /// `zscore`, `window` or `percentile`.
+    #[serde(default = "default_mode")]
+    pub mode: NormaliseMode,
+    /// Statistics from nonzero voxels only, and zeros left at zero (skull-stripped MRI).
+    #[serde(default = "yes")]
+    pub nonzero: bool,
+    /// Statistics per channel (per modality) rather than over all channels.
+    #[serde(default = "yes")]
+    pub channel_wise: bool,
+    /// `window` mode: the input range [low, high].
+    #[serde(default)]
+    pub window: Option<[f64; 2]>,
+    /// `percentile` mode: the lower and upper percentiles (0–100).
+    #[serde(default = "default_percentiles")]
+    pub percentiles: [f64; 2],
+    /// `window` and `percentile` modes: the output range.
+    #[serde(default = "default_out_range")]
+    pub out_range: [f64; 2],
+    /// `window` and `percentile` modes: clip to `out_range`.
+    #[serde(default)]
+    pub clip: bool,
+}
+
+fn default_image() -> String {
+    "image".into()
+}
+fn default_mode() -> NormaliseMode {
+    NormaliseMode::Zscore
+}
+fn yes() -> bool {
+    true
+}
+fn default_percentiles() -> [f64; 2] {
+    [0.5, 99.5]
+}
+fn default_out_range() -> [f64; 2] {
+    [0.0, 1.0]
+}
+
+impl Component for Normalise {
+    const NAME: &'static str = "normalise";
+    const DOC: &'static str = "Z-score (MONAI NormalizeIntensity), intensity window or percentile scaling of an f32 field.";
+
+    fn reads(&self) -> Vec<String> {
+        vec![self.field.clone()]
+    }
+    fn writes(&self) -> Vec<String> {
+        vec![self.field.clone()]
+    }
+    fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match (self.mode, self.window) {
+            (NormaliseMode::Window, None) => problems.push(Problem::param(
+                "mode",
+                "`mode: window` needs `window: [low, high]`",
+            )),
+            (_, Some([lo, hi])) if !(lo.is_finite() && hi.is_finite() && lo < hi) => problems.push(
+                Problem::param("window", "`window` must be [low, high] with low < high"),
+            ),
+            _ => {}
+        }
+        let [p0, p1] = self.percentiles;
+        if !(0.0..=100.0).contains(&p0) || !(0.0..=100.0).contains(&p1) || p0 >= p1 {
+            problems.push(Problem::param(
+                "percentiles",
+                "`percentiles` must be [low, high] within 0–100 with low < high",
+            ));
+        }
+        if !self.out_range.iter().all(|v| v.is_finite()) {
+            problems.push(Problem::param("out_range", "`out_range` must be finite"));
+        }
+        problems
+    }
+}
+
+impl StageConfig for Normalise {
+    fn build(&self, _: &BuildContext) -> Result<Box<dyn Stage>, StageError> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Stage for Normalise {
+    fn process(&self, mut sample: Sample, _: &StageContext) -> Result<Sample, StageError> {
+        let field = self.field.clone();
+        let volume = sample.f32_mut(&field)?;
+        if volume.ndim() == 0 {
+            return Err(StageError::new(format!("field `{field}` is empty")));
+        }
+        if self.channel_wise && volume.ndim() == 4 {
+            volume
+                .axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .for_each(|channel| self.normalise(channel));
+        } else {
+            self.normalise(volume.view_mut());
+        }
+        Ok(sample)
+    }
+}
+
+impl Normalise {
+    fn normalise(&self, mut values: ArrayViewMutD<'_, f32>) {
+        let keep_zero = self.nonzero;
+        let selected = |v: f32| !keep_zero || v != 0.0;
+        let map = |values: &mut ArrayViewMutD<'_, f32>, f: &dyn Fn(f64) -> f64| {
+            values.mapv_inplace(|v| {
+                if selected(v) {
+                    f(f64::from(v)) as f32
+                } else {
+                    v
+                }
+            });
+        };
+        match self.mode {
+            NormaliseMode::Zscore => {
+                let (mut n, mut sum) = (0u64, 0.0f64);
+                for &v in values.iter().filter(|v| selected(**v)) {
+                    n += 1;
+                    sum += f64::from(v);
+                }
+                if n == 0 {
+                    return;
+                }
+                let mean = sum / n as f64;
+                // Two passes: the one-pass formula loses precision on MRI-sized values.
+                let var = values
+                    .iter()
+                    .filter(|v| selected(**v))
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / n as f64;
+                let std = if var > 0.0 { var.sqrt() } else { 1.0 };
+                map(&mut values, &|v| (v - mean) / std);
+            }
+            NormaliseMode::Window => {
+                let [lo, hi] = self.window.unwrap_or([0.0, 1.0]);
+                self.rescale(&mut values, lo, hi, &map);
+            }
+            NormaliseMode::Percentile => {
+                let mut data: Vec<f32> = values.iter().copied().filter(|v| selected(*v)).collect();
+                if data.is_empty() {
+                    return;
+                }
+                let lo = percentile(&mut data, self.percentiles[0]);
+                let hi = percentile(&mut data, self.percentiles[1]);
+                self.rescale(&mut values, lo, hi, &map);
+            }
+        }
+    }
+
+    fn rescale(
+        &self,
+        values: &mut ArrayViewMutD<'_, f32>,
+        lo: f64,
+        hi: f64,
+        map: &dyn Fn(&mut ArrayViewMutD<'_, f32>, &dyn Fn(f64) -> f64),
+    ) {
+        let [b0, b1] = self.out_range;
+        let width = hi - lo;
+        let clip = self.clip;
+        map(values, &|v| {
+            // A constant input maps to the low end, as MONAI does.
+            let scaled = if width > 0.0 {
+                (v - lo) / width * (b1 - b0) + b0
+            } else {
+                b0
+            };
+            if clip {
+                scaled.clamp(b0.min(b1), b0.max(b1))
+            } else {
+                scaled
+            }
+        });
+    }
+}
+
+/// numpy's default percentile (linear interpolation between closest ranks), in O(n).
+pub fn percentile(data: &mut [f32], q: f64) -> f64 {
+    let n = data.len();
+    let rank = (q / 100.0).clamp(0.0, 1.0) * (n - 1) as f64;
+    let lower = rank.floor() as usize;
+    let frac = rank - lower as f64;
+    let (_, &mut low, upper_part) = data.select_nth_unstable_by(lower, f32::total_cmp);
+    let low = f64::from(low);
+    if frac == 0.0 || upper_part.is_empty() {
+        return low;
+    }
+    let high = upper_part.iter().copied().fold(f32::INFINITY, f32::min);
+    low + frac * (f64::from(high) - low)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtmed3d_pipeline::Field;
+    use ndarray::{ArrayD, IxDyn};
+
+    fn run(config: &str, data: Vec<f32>, shape: &[usize]) -> Vec<f32> {
+        let cfg: Normalise = serde_json::from_str(config).unwrap();
+        assert!(cfg.check().is_empty(), "{:?}", cfg.check());
+        let mut s = Sample::new("c");
+        s.insert(
+            "image",
+            Field::f32(ArrayD::from_shape_vec(IxDyn(shape), data).unwrap()),
+        );
+        let out = cfg
+            .process(s, &StageContext::new("normalise", 1, 0))
+            .unwrap();
+        out.f32("image").unwrap().iter().copied().collect()
+    }
+
+    #[test]
+    fn zscore_over_nonzero_voxels_per_channel_keeps_background() {
+        // Channel 0: nonzero values 1, 2, 3 (mean 2, population std sqrt(2/3)); channel 1 constant.
+        let out = run(
+            r#"{}"#,
+            vec![0.0, 1.0, 2.0, 3.0, 0.0, 5.0, 5.0, 5.0],
+            &[2, 1, 2, 2],
+        );
+        let s = (2.0f64 / 3.0).sqrt();
+        let expected = [0.0, -1.0 / s, 0.0, 1.0 / s, 0.0, 0.0, 0.0, 0.0];
+        for (o, e) in out.iter().zip(expected) {
+            assert!((f64::from(*o) - e).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn zscore_over_all_voxels_includes_zeros() {
+        let out = run(
+            r#"{"nonzero": false, "channel_wise": false}"#,
+            vec![0.0, 2.0],
+            &[1, 1, 1, 2],
+        );
+        assert_eq!(out, vec![-1.0, 1.0]);
+    }
+
+    #[test]
+    fn window_maps_and_clips() {
+        let out = run(
+            r#"{"mode": "window", "window": [-1000, 400], "clip": true, "nonzero": false}"#,
+            vec![-2000.0, -1000.0, -300.0, 400.0, 3000.0],
+            &[1, 1, 1, 5],
+        );
+        assert_eq!(out, vec![0.0, 0.0, 0.5, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn percentiles_match_numpy_linear_interpolation() {
+        // numpy.percentile([1, 2, 3, 4, 10], [10, 90]) == [1.4, 7.6]
+        let mut data = vec![10.0, 2.0, 4.0, 1.0, 3.0];
+        assert!((percentile(&mut data, 10.0) - 1.4).abs() < 1e-9);
+        assert!((percentile(&mut data, 90.0) - 7.6).abs() < 1e-6);
+        assert_eq!(percentile(&mut data, 0.0), 1.0);
+        assert_eq!(percentile(&mut data, 100.0), 10.0);
+    }
+
+    #[test]
+    fn window_mode_needs_a_window() {
+        let cfg: Normalise = serde_json::from_str(r#"{"mode": "window"}"#).unwrap();
+        assert_eq!(cfg.check()[0].param.as_deref(), Some("mode"));
+    }
+}
