@@ -141,15 +141,6 @@ impl Normalise {
     fn normalise(&self, mut values: ArrayViewMutD<'_, f32>) {
         let keep_zero = self.nonzero;
         let selected = |v: f32| !keep_zero || v != 0.0;
-        let map = |values: &mut ArrayViewMutD<'_, f32>, f: &dyn Fn(f64) -> f64| {
-            values.mapv_inplace(|v| {
-                if selected(v) {
-                    f(f64::from(v)) as f32
-                } else {
-                    v
-                }
-            });
-        };
         match self.mode {
             NormaliseMode::Zscore => {
                 let (mut n, mut sum) = (0u64, 0.0f64);
@@ -169,11 +160,11 @@ impl Normalise {
                     .sum::<f64>()
                     / n as f64;
                 let std = if var > 0.0 { var.sqrt() } else { 1.0 };
-                map(&mut values, &|v| (v - mean) / std);
+                apply(&mut values, keep_zero, |v| (v - mean) / std);
             }
             NormaliseMode::Window => {
                 let [lo, hi] = self.window.unwrap_or([0.0, 1.0]);
-                self.rescale(&mut values, lo, hi, &map);
+                apply(&mut values, keep_zero, self.rescaler(lo, hi));
             }
             NormaliseMode::Percentile => {
                 let mut data: Vec<f32> = values.iter().copied().filter(|v| selected(*v)).collect();
@@ -182,22 +173,17 @@ impl Normalise {
                 }
                 let lo = percentile(&mut data, self.percentiles[0]);
                 let hi = percentile(&mut data, self.percentiles[1]);
-                self.rescale(&mut values, lo, hi, &map);
+                apply(&mut values, keep_zero, self.rescaler(lo, hi));
             }
         }
     }
 
-    fn rescale(
-        &self,
-        values: &mut ArrayViewMutD<'_, f32>,
-        lo: f64,
-        hi: f64,
-        map: &dyn Fn(&mut ArrayViewMutD<'_, f32>, &dyn Fn(f64) -> f64),
-    ) {
+    /// The linear map of [lo, hi] onto `out_range`, clipped if asked.
+    fn rescaler(&self, lo: f64, hi: f64) -> impl Fn(f64) -> f64 {
         let [b0, b1] = self.out_range;
         let width = hi - lo;
         let clip = self.clip;
-        map(values, &|v| {
+        move |v| {
             // A constant input maps to the low end, as MONAI does.
             let scaled = if width > 0.0 {
                 (v - lo) / width * (b1 - b0) + b0
@@ -209,8 +195,19 @@ impl Normalise {
             } else {
                 scaled
             }
-        });
+        }
     }
+}
+
+/// Applies `f` to every voxel, or only to nonzero voxels when `keep_zero`.
+fn apply(values: &mut ArrayViewMutD<'_, f32>, keep_zero: bool, f: impl Fn(f64) -> f64) {
+    values.mapv_inplace(|v| {
+        if keep_zero && v == 0.0 {
+            v
+        } else {
+            f(f64::from(v)) as f32
+        }
+    });
 }
 
 /// numpy's default percentile (linear interpolation between closest ranks), in O(n).
