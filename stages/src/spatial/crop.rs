@@ -107,12 +107,12 @@ pub fn crop_sample(
     Ok(())
 }
 
-/// Bounding box `[lo, hi)` of the nonzero voxels of a volume (any channel), or `None`.
-pub fn nonzero_bounds(
-    sample: &Sample,
-    field: &str,
-) -> Result<Option<([usize; 3], [usize; 3])>, StageError> {
-    fn bounds<T: Copy + PartialEq + Default>(a: &ArrayD<T>) -> Option<([usize; 3], [usize; 3])> {
+/// A spatial bounding box `[lo, hi)` in voxels.
+pub type Bounds = ([usize; 3], [usize; 3]);
+
+/// Bounding box of the nonzero voxels of a volume (any channel), or `None`.
+pub fn nonzero_bounds(sample: &Sample, field: &str) -> Result<Option<Bounds>, StageError> {
+    fn bounds<T: Copy + PartialEq + Default>(a: &ArrayD<T>) -> Option<Bounds> {
         let n = a.ndim();
         let mut lo = [usize::MAX; 3];
         let mut hi = [0usize; 3];
