@@ -835,9 +835,12 @@ pub(crate) fn parse_extensions(region: &[u8], big: bool) -> Vec<NiftiExtension> 
             tracing::warn!(esize, code, "malformed NIfTI extension ignored");
             break;
         }
+        // Trailing NULs are padding to a multiple of 16, not content (nibabel strips them too).
+        let content = &region[pos + 8..pos + esize];
+        let len = content.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         out.push(NiftiExtension {
             code,
-            data: region[pos + 8..pos + esize].to_vec(),
+            data: content[..len].to_vec(),
         });
         pos += esize;
     }
@@ -1099,17 +1102,7 @@ mod tests {
         assert_eq!(back.descrip.len(), 78); // 79 bytes cut back to a character boundary
         back.sform_code = 0;
         assert!(approx(&back.affine().unwrap(), &affine, 1e-6));
-        assert_eq!(
-            parse_extensions(&bytes[352..], false),
-            h.extensions
-                .iter()
-                .map(|e| {
-                    let mut e = e.clone();
-                    e.data.resize(8, 0);
-                    e
-                })
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(parse_extensions(&bytes[352..], false), h.extensions);
     }
 
     #[test]

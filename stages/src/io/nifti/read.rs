@@ -225,7 +225,7 @@ fn read_path(path: &Path, options: &ReadOptions) -> Result<NiftiImage, PathError
     let name = name.strip_suffix(".gz").unwrap_or(&name);
     let header_path = match name {
         // An `.img` given directly: its header is the sibling `.hdr`.
-        n if n.ends_with(".img") => sibling(path, "hdr").map_err(at(path))?,
+        n if n.ends_with(".img") => sibling(path, "hdr")?,
         n if n.ends_with(".hdr") => path.to_path_buf(),
         _ => {
             let mut source = Source::open(path).map_err(at(path))?;
@@ -251,7 +251,7 @@ fn read_path(path: &Path, options: &ReadOptions) -> Result<NiftiImage, PathError
     if rest.len() >= 4 && rest[0] != 0 {
         header.extensions = parse_extensions(&rest[4..], header.endianness == Endianness::Big);
     }
-    let img_path = sibling(&header_path, "img").map_err(at(&header_path))?;
+    let img_path = sibling(&header_path, "img")?;
     let mut data_source = Source::open(&img_path).map_err(at(&img_path))?;
     skip(&mut data_source, header.vox_offset, Section::VoxelData).map_err(at(&img_path))?;
     let image = read_voxels(&mut data_source, header, &img_path, options).map_err(at(&img_path))?;
@@ -262,7 +262,7 @@ fn read_path(path: &Path, options: &ReadOptions) -> Result<NiftiImage, PathError
 }
 
 /// The `.hdr` or `.img` next to a pair file, gzipped or not, matching the case of the name.
-fn sibling(path: &Path, ext: &str) -> Result<PathBuf, NiftiErrorKind> {
+fn sibling(path: &Path, ext: &str) -> Result<PathBuf, PathError> {
     let s = path.to_string_lossy();
     let (base, gz) = match s.strip_suffix(".gz").or_else(|| s.strip_suffix(".GZ")) {
         Some(b) => (b, true),
@@ -285,10 +285,15 @@ fn sibling(path: &Path, ext: &str) -> Result<PathBuf, NiftiErrorKind> {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .ok_or_else(|| {
-            NiftiErrorKind::Open(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no {} next to it", candidates[0]),
-            ))
+            let missing = PathBuf::from(&candidates[0]);
+            let msg = format!(
+                "the other half of the .hdr/.img pair {} is missing",
+                path.display()
+            );
+            (
+                Some(missing),
+                NiftiErrorKind::Open(io::Error::new(io::ErrorKind::NotFound, msg)),
+            )
         })
 }
 
