@@ -638,8 +638,8 @@ mod tests {
         // LPS stored, oblique by a small rotation about z.
         let (c, s) = (0.2f64.cos(), 0.2f64.sin());
         let affine = [
-            [-c, -s, 0.0, 10.0],
-            [s * -1.0, c * -1.0 + 0.0, 0.0, 5.0],
+            [-c, s, 0.0, 10.0],
+            [-s, -c, 0.0, 5.0],
             [0.0, 0.0, 2.0, -3.0],
             [0.0, 0.0, 0.0, 1.0],
         ];

@@ -530,14 +530,15 @@ fn read_single(
     }
     // Check the data size before reading extensions, so an absurd header fails fast.
     let data_bytes = header.data_bytes()?;
-    check_sizes(source, &header, header.vox_offset, data_bytes, options)?;
+    check_sizes(source, header.vox_offset, data_bytes, options)?;
     read_extensions(source, &mut header, options)?;
     read_voxels(source, header, path, options)
 }
 
+/// Fail before allocating when the data exceed the limit or, for a plain file, when the file
+/// is shorter than `offset + data_bytes`.
 fn check_sizes(
     source: &Source<'_>,
-    _header: &NiftiHeader,
     offset: u64,
     data_bytes: u64,
     options: &ReadOptions,
@@ -548,30 +549,28 @@ fn check_sizes(
             limit: options.max_data_bytes,
         });
     }
-    if let (true, Some(len)) = (source.len_exact, source.len_hint) {
-        if len < offset.saturating_add(data_bytes) {
-            return Err(NiftiErrorKind::Truncated {
-                section: if len < offset {
-                    Section::Extensions
-                } else {
-                    Section::VoxelData
-                },
-                expected: if len < offset {
-                    offset - source.pos
-                } else {
-                    data_bytes
-                },
-                offset: if len < offset { source.pos } else { offset },
-                found: if len < offset {
-                    len.saturating_sub(source.pos)
-                } else {
-                    len - offset
-                },
-                gzip: false,
-            });
-        }
+    let len = match (source.len_exact, source.len_hint) {
+        (true, Some(len)) => len,
+        _ => return Ok(()),
+    };
+    let truncated = |section, start: u64, expected| NiftiErrorKind::Truncated {
+        section,
+        expected,
+        offset: start,
+        found: len.saturating_sub(start),
+        gzip: false,
+    };
+    if len < offset {
+        Err(truncated(
+            Section::Extensions,
+            source.pos,
+            offset - source.pos,
+        ))
+    } else if len - offset < data_bytes {
+        Err(truncated(Section::VoxelData, offset, data_bytes))
+    } else {
+        Ok(())
     }
-    Ok(())
 }
 
 /// Read the voxel bytes at the current position, decode them, apply the NaN policy and check
@@ -585,7 +584,7 @@ fn read_voxels(
     let shape = header.shape()?;
     let data_bytes = header.data_bytes()?;
     let offset = source.pos;
-    check_sizes(source, &header, offset, data_bytes, options)?;
+    check_sizes(source, offset, data_bytes, options)?;
     let raw = read_up_to(source, data_bytes, Section::VoxelData)?;
     if (raw.len() as u64) < data_bytes {
         return Err(NiftiErrorKind::Truncated {
