@@ -1,1 +1,0 @@
-//! NIfTI-1 and NIfTI-2 reading and writing.

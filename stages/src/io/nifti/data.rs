@@ -1,0 +1,431 @@
+//! Typed voxel arrays and the conversions between NIfTI's x-fastest byte storage and this
+//! crate's channel-first `[C, X, Y, Z]` standard layout.
+
+use ndarray::{Array4, ArrayView4};
+use rayon::prelude::*;
+
+use super::header::DataType;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A scalar type NIfTI can store: the ten real datatypes.
+pub trait NiftiElement:
+    Copy + Default + Send + Sync + PartialEq + std::fmt::Debug + sealed::Sealed + 'static
+{
+    /// Its NIfTI datatype.
+    const DATATYPE: DataType;
+    /// Size in bytes.
+    const SIZE: usize;
+    /// Decode from `SIZE` bytes in the given byte order.
+    fn from_bytes<const BIG: bool>(b: &[u8]) -> Self;
+    /// Append the little-endian encoding to `out`.
+    fn write_le(self, out: &mut [u8]);
+    /// The value as f64 (exact for every type but 64-bit integers beyond 2^53).
+    fn to_f64(self) -> f64;
+    /// Whether the value is NaN or infinite (always false for integers).
+    fn is_non_finite(self) -> bool;
+    /// Wrap an array of this type.
+    fn wrap(array: Array4<Self>) -> VoxelData;
+}
+
+macro_rules! element {
+    ($t:ty, $dt:ident, $variant:ident, $nonfinite:expr) => {
+        impl sealed::Sealed for $t {}
+        impl NiftiElement for $t {
+            const DATATYPE: DataType = DataType::$dt;
+            const SIZE: usize = std::mem::size_of::<$t>();
+            #[inline(always)]
+            fn from_bytes<const BIG: bool>(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(&b[..std::mem::size_of::<$t>()]);
+                if BIG {
+                    <$t>::from_be_bytes(a)
+                } else {
+                    <$t>::from_le_bytes(a)
+                }
+            }
+            #[inline(always)]
+            fn write_le(self, out: &mut [u8]) {
+                out[..std::mem::size_of::<$t>()].copy_from_slice(&self.to_le_bytes());
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn is_non_finite(self) -> bool {
+                let f: fn($t) -> bool = $nonfinite;
+                f(self)
+            }
+            fn wrap(array: Array4<Self>) -> VoxelData {
+                VoxelData::$variant(array)
+            }
+        }
+    };
+}
+
+element!(u8, U8, U8, |_| false);
+element!(i8, I8, I8, |_| false);
+element!(i16, I16, I16, |_| false);
+element!(u16, U16, U16, |_| false);
+element!(i32, I32, I32, |_| false);
+element!(u32, U32, U32, |_| false);
+element!(i64, I64, I64, |_| false);
+element!(u64, U64, U64, |_| false);
+element!(f32, F32, F32, |v| !v.is_finite());
+element!(f64, F64, F64, |v| !v.is_finite());
+
+/// Voxels as stored in the file (unscaled), in `[C, X, Y, Z]` standard layout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VoxelData {
+    /// `uint8`.
+    U8(Array4<u8>),
+    /// `int8`.
+    I8(Array4<i8>),
+    /// `int16`.
+    I16(Array4<i16>),
+    /// `uint16`.
+    U16(Array4<u16>),
+    /// `int32`.
+    I32(Array4<i32>),
+    /// `uint32`.
+    U32(Array4<u32>),
+    /// `int64`.
+    I64(Array4<i64>),
+    /// `uint64`.
+    U64(Array4<u64>),
+    /// `float32`.
+    F32(Array4<f32>),
+    /// `float64`.
+    F64(Array4<f64>),
+}
+
+/// Run `$body` with `$a` bound to the typed array inside a `VoxelData`.
+macro_rules! dispatch {
+    ($data:expr, $a:ident => $body:expr) => {
+        match $data {
+            $crate::io::nifti::VoxelData::U8($a) => $body,
+            $crate::io::nifti::VoxelData::I8($a) => $body,
+            $crate::io::nifti::VoxelData::I16($a) => $body,
+            $crate::io::nifti::VoxelData::U16($a) => $body,
+            $crate::io::nifti::VoxelData::I32($a) => $body,
+            $crate::io::nifti::VoxelData::U32($a) => $body,
+            $crate::io::nifti::VoxelData::I64($a) => $body,
+            $crate::io::nifti::VoxelData::U64($a) => $body,
+            $crate::io::nifti::VoxelData::F32($a) => $body,
+            $crate::io::nifti::VoxelData::F64($a) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
+
+impl VoxelData {
+    /// The voxel type.
+    pub fn datatype(&self) -> DataType {
+        fn dt<T: NiftiElement>(_: &Array4<T>) -> DataType {
+            T::DATATYPE
+        }
+        dispatch!(self, a => dt(a))
+    }
+
+    /// `[C, X, Y, Z]`.
+    pub fn shape(&self) -> [usize; 4] {
+        dispatch!(self, a => {
+            let s = a.shape();
+            [s[0], s[1], s[2], s[3]]
+        })
+    }
+
+    /// Values as f32, with `value * slope + inter` applied when `scaling` is given. The
+    /// arithmetic is done in f64 then rounded once, which is what nibabel's `get_fdata`
+    /// followed by a cast to float32 gives.
+    pub fn to_f32(&self, scaling: Option<(f64, f64)>) -> Array4<f32> {
+        fn conv<T: NiftiElement>(a: &Array4<T>, scaling: Option<(f64, f64)>) -> Array4<f32> {
+            let src = a.as_slice().expect("voxel arrays are standard layout");
+            let mut out = vec![0f32; src.len()];
+            const CHUNK: usize = 1 << 16;
+            match scaling {
+                Some((slope, inter)) => out
+                    .par_chunks_mut(CHUNK)
+                    .zip(src.par_chunks(CHUNK))
+                    .for_each(|(o, s)| {
+                        for (o, &v) in o.iter_mut().zip(s) {
+                            *o = (v.to_f64() * slope + inter) as f32;
+                        }
+                    }),
+                None => out
+                    .par_chunks_mut(CHUNK)
+                    .zip(src.par_chunks(CHUNK))
+                    .for_each(|(o, s)| {
+                        for (o, &v) in o.iter_mut().zip(s) {
+                            *o = v.to_f64() as f32;
+                        }
+                    }),
+            }
+            Array4::from_shape_vec(a.raw_dim(), out).expect("same length")
+        }
+        dispatch!(self, a => conv(a, scaling))
+    }
+
+    /// Like [`to_f32`](Self::to_f32) but reuses the buffer of unscaled f32 data.
+    pub fn into_f32(self, scaling: Option<(f64, f64)>) -> Array4<f32> {
+        match (self, scaling) {
+            (VoxelData::F32(a), None) => a,
+            (other, scaling) => other.to_f32(scaling),
+        }
+    }
+}
+
+/// `[C, X, Y, Z]` index of a flat position in a standard-layout array of `shape`.
+pub(crate) fn unravel(mut flat: usize, shape: [usize; 4]) -> [usize; 4] {
+    let mut idx = [0; 4];
+    for d in (0..4).rev() {
+        idx[d] = flat % shape[d];
+        flat /= shape[d];
+    }
+    idx
+}
+
+/// Decode NIfTI voxel bytes (x fastest, then y, z, then the channel dimension) into a
+/// `[C, X, Y, Z]` standard-layout array of `T`.
+pub(crate) fn decode<T: NiftiElement>(
+    raw: &[u8],
+    shape: [usize; 4],
+    big_endian: bool,
+) -> Array4<T> {
+    let data = if big_endian {
+        decode_into::<T, true>(raw, shape)
+    } else {
+        decode_into::<T, false>(raw, shape)
+    };
+    Array4::from_shape_vec(shape, data).expect("decode produces exactly the shape's length")
+}
+
+/// The transposition `[Z][Y][X] -> [X][Y][Z]` per channel, fused with byte decoding.
+///
+/// Work is split by blocks of `BX` consecutive x: a block reads `BX` adjacent input values
+/// (one or two cache lines) per (y, z) and writes them to `BX` output rows that are each
+/// filled sequentially, so both sides stream through memory instead of striding by a plane.
+fn decode_into<T: NiftiElement, const BIG: bool>(
+    raw: &[u8],
+    [c, nx, ny, nz]: [usize; 4],
+) -> Vec<T> {
+    let n = nx * ny * nz;
+    let s = T::SIZE;
+    debug_assert_eq!(raw.len(), c * n * s);
+    let mut out = vec![T::default(); c * n];
+    if n == 0 {
+        return out;
+    }
+    // With at most one spatial axis longer than 1, storage order already is output order.
+    if [nx, ny, nz].iter().filter(|&&d| d > 1).count() <= 1 {
+        out.par_chunks_mut(1 << 16)
+            .zip(raw.par_chunks(s << 16))
+            .for_each(|(o, r)| {
+                for (o, b) in o.iter_mut().zip(r.chunks_exact(s)) {
+                    *o = T::from_bytes::<BIG>(b);
+                }
+            });
+        return out;
+    }
+    let bx = (128 / s).clamp(8, 64);
+    let plane = ny * nz;
+    out.par_chunks_mut(n)
+        .zip(raw.par_chunks(n * s))
+        .for_each(|(out_c, raw_c)| {
+            out_c
+                .par_chunks_mut(bx * plane)
+                .enumerate()
+                .for_each(|(blk, out_b)| {
+                    let x0 = blk * bx;
+                    let w = out_b.len() / plane;
+                    for y in 0..ny {
+                        for z in 0..nz {
+                            let start = ((z * ny + y) * nx + x0) * s;
+                            let row = &raw_c[start..start + w * s];
+                            let dst = y * nz + z;
+                            for (i, b) in row.chunks_exact(s).enumerate() {
+                                out_b[i * plane + dst] = T::from_bytes::<BIG>(b);
+                            }
+                        }
+                    }
+                });
+        });
+    out
+}
+
+/// Encode a `[C, X, Y, Z]` array as little-endian NIfTI voxel bytes (x fastest): the inverse
+/// of [`decode`], split by blocks of z so each task writes whole output planes.
+pub(crate) fn encode<T: NiftiElement>(array: ArrayView4<'_, T>) -> Vec<u8> {
+    let [c, nx, ny, nz] = [
+        array.shape()[0],
+        array.shape()[1],
+        array.shape()[2],
+        array.shape()[3],
+    ];
+    let s = T::SIZE;
+    let mut out = vec![0u8; c * nx * ny * nz * s];
+    if out.is_empty() {
+        return out;
+    }
+    let std_array;
+    let src: &[T] = match array.as_slice() {
+        Some(s) => s,
+        None => {
+            std_array = array.as_standard_layout();
+            std_array.as_slice().expect("standard layout")
+        }
+    };
+    let n = nx * ny * nz;
+    let plane_bytes = nx * ny * s;
+    let bz = (128 / s).clamp(8, 64);
+    out.par_chunks_mut(n * s)
+        .zip(src.par_chunks(n))
+        .for_each(|(out_c, src_c)| {
+            out_c
+                .par_chunks_mut(bz * plane_bytes)
+                .enumerate()
+                .for_each(|(blk, out_b)| {
+                    let z0 = blk * bz;
+                    let w = out_b.len() / plane_bytes;
+                    for x in 0..nx {
+                        for y in 0..ny {
+                            let start = (x * ny + y) * nz + z0;
+                            let dst = (y * nx + x) * s;
+                            for (i, &v) in src_c[start..start + w].iter().enumerate() {
+                                v.write_le(&mut out_b[i * plane_bytes + dst..]);
+                            }
+                        }
+                    }
+                });
+        });
+    out
+}
+
+/// Count NaN/infinite voxels; returns the count and the flat index of the first one.
+pub(crate) fn count_non_finite<T: NiftiElement>(data: &[T]) -> (usize, Option<usize>) {
+    const CHUNK: usize = 1 << 16;
+    data.par_chunks(CHUNK)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut count = 0;
+            let mut first = None;
+            for (j, v) in chunk.iter().enumerate() {
+                if v.is_non_finite() {
+                    count += 1;
+                    first.get_or_insert(i * CHUNK + j);
+                }
+            }
+            (count, first)
+        })
+        .reduce(
+            || (0, None),
+            |a, b| {
+                let first = match (a.1, b.1) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, y) => x.or(y),
+                };
+                (a.0 + b.0, first)
+            },
+        )
+}
+
+/// Set NaN/infinite voxels to zero.
+pub(crate) fn zero_non_finite<T: NiftiElement>(data: &mut [T]) {
+    data.par_chunks_mut(1 << 16).for_each(|chunk| {
+        for v in chunk {
+            if v.is_non_finite() {
+                *v = T::default();
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes of a `[C, X, Y, Z]` array in NIfTI order, written the obvious (slow) way.
+    fn naive_bytes(a: &Array4<i16>, big: bool) -> Vec<u8> {
+        let s = a.shape();
+        let mut out = Vec::new();
+        for c in 0..s[0] {
+            for z in 0..s[3] {
+                for y in 0..s[2] {
+                    for x in 0..s[1] {
+                        let v = a[[c, x, y, z]];
+                        out.extend_from_slice(&if big {
+                            v.to_be_bytes()
+                        } else {
+                            v.to_le_bytes()
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn decode_matches_naive_order_for_awkward_shapes() {
+        for shape in [
+            [1, 1, 1, 1],
+            [1, 70, 3, 5],
+            [3, 5, 4, 67],
+            [2, 1, 9, 4],
+            [1, 129, 1, 1],
+            [2, 65, 2, 1],
+        ] {
+            let a = Array4::from_shape_fn(shape, |(c, x, y, z)| {
+                (c * 7919 + x * 131 + y * 17 + z) as i16
+            });
+            for big in [false, true] {
+                let raw = naive_bytes(&a, big);
+                assert_eq!(decode::<i16>(&raw, shape, big), a, "{shape:?} big={big}");
+            }
+            assert_eq!(encode(a.view()), naive_bytes(&a, false), "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn encode_accepts_non_standard_views() {
+        let a = Array4::from_shape_fn((2, 3, 4, 5), |(c, x, y, z)| {
+            (c * 1000 + x * 100 + y * 10 + z) as i16
+        });
+        let t = a.view().reversed_axes();
+        let owned = t.to_owned();
+        assert_eq!(encode(t), encode(owned.as_standard_layout().view()));
+    }
+
+    #[test]
+    fn non_finite_count_and_first() {
+        let mut v = vec![1.0f32; 200_000];
+        v[150_000] = f32::NAN;
+        v[70_000] = f32::NEG_INFINITY;
+        v[199_999] = f32::INFINITY;
+        assert_eq!(count_non_finite(&v), (3, Some(70_000)));
+        zero_non_finite(&mut v);
+        assert_eq!(count_non_finite(&v), (0, None));
+        assert_eq!(v[70_000], 0.0);
+    }
+
+    #[test]
+    fn scaling_in_f64() {
+        let a =
+            VoxelData::I16(Array4::from_shape_vec((1, 1, 1, 3), vec![-32768, 0, 32767]).unwrap());
+        let s = (0.07540000230073929, 3100.757568359375);
+        let f = a.to_f32(Some(s));
+        assert_eq!(
+            f.as_slice().unwrap(),
+            &[
+                (-32768.0 * s.0 + s.1) as f32,
+                s.1 as f32,
+                (32767.0 * s.0 + s.1) as f32
+            ]
+        );
+        assert_eq!(a.datatype(), DataType::I16);
+        assert_eq!(a.shape(), [1, 1, 1, 3]);
+    }
+}
