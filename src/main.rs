@@ -80,6 +80,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Mermaid)]
         format: Format,
     },
+    /// Write a synthetic BraTS-2018-layout dataset (HGG/ and LGG/ case folders of .nii.gz).
+    Phantom {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of cases.
+        #[arg(long, default_value_t = 20)]
+        cases: usize,
+        /// Series seed: the same seed gives identical cases.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Volume shape X,Y,Z.
+        #[arg(long, default_value = "240,240,155", value_parser = parse_shape)]
+        shape: [usize; 3],
+        /// Probability that a case is high grade.
+        #[arg(long, default_value_t = 0.7)]
+        hgg_fraction: f64,
+    },
     /// Run the built-in demo pipeline (no downloads); outputs go to --out.
     Demo {
         #[arg(long, default_value = "runs/demo")]
@@ -178,6 +196,13 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
             print!("{}", render(&plan, format));
             Ok(0)
         }
+        Command::Phantom {
+            out,
+            cases,
+            seed,
+            shape,
+            hgg_fraction,
+        } => write_phantoms(&out, cases, seed, shape, hgg_fraction, progress),
         Command::Demo { out, overrides } => {
             let mut all = vec![format!(
                 "sinks.json_write.path={}",
@@ -195,6 +220,64 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
             Ok(code)
         }
     }
+}
+
+fn parse_shape(text: &str) -> Result<[usize; 3], String> {
+    let parts: Vec<usize> = text
+        .split(',')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{text}` is not a shape: write X,Y,Z, e.g. 240,240,155"))?;
+    <[usize; 3]>::try_from(parts).map_err(|_| format!("`{text}` needs three sizes: X,Y,Z"))
+}
+
+fn write_phantoms(
+    out: &Path,
+    cases: usize,
+    seed: u64,
+    shape: [usize; 3],
+    hgg_fraction: f64,
+    progress: MultiProgress,
+) -> Result<u8> {
+    use mtmed3d_stages::io::phantom::PhantomConfig;
+    use mtmed3d_stages::io::phantom_dataset::{CaseWritten, write_case};
+    use rayon::prelude::*;
+    let config = PhantomConfig {
+        shape,
+        hgg_fraction,
+        ..PhantomConfig::default()
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let bar = progress.add(indicatif::ProgressBar::new(cases as u64));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("phantom [{bar:30}] {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let results: Vec<_> = (0..cases)
+        .into_par_iter()
+        .map(|index| {
+            let r = write_case(out, &config, seed, index);
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    let (mut hgg, mut lgg, mut skipped) = (0, 0, 0);
+    for r in results {
+        match r? {
+            CaseWritten::Written { grade, .. } if grade == "HGG" => hgg += 1,
+            CaseWritten::Written { .. } => lgg += 1,
+            CaseWritten::AlreadyComplete { .. } => skipped += 1,
+        }
+    }
+    eprintln!(
+        "{}: {hgg} HGG and {lgg} LGG cases written, {skipped} already complete ({}×{}×{}, seed {seed})",
+        out.display(),
+        shape[0],
+        shape[1],
+        shape[2]
+    );
+    Ok(0)
 }
 
 fn read_pipeline(path: &Path) -> Result<String> {

@@ -293,12 +293,22 @@ fn type_name(
             format!("list of {item}")
         }
         Some(serde_json::Value::String(t)) => t.clone(),
-        Some(serde_json::Value::Array(types)) => types
-            .iter()
-            .filter_map(|t| t.as_str())
-            .filter(|t| *t != "null")
-            .collect::<Vec<_>>()
-            .join("|"),
+        Some(serde_json::Value::Array(types)) => {
+            let kinds: Vec<&str> = types
+                .iter()
+                .filter_map(|t| t.as_str())
+                .filter(|t| *t != "null")
+                .collect();
+            match kinds.as_slice() {
+                // `Option<T>`: describe T.
+                [one] => {
+                    let mut single = prop.clone();
+                    single["type"] = serde_json::Value::String(one.to_string());
+                    type_name(&single, definitions)
+                }
+                _ => kinds.join("|"),
+            }
+        }
         _ => "value".into(),
     }
 }

@@ -67,6 +67,39 @@ pub fn common_spatial_shape(sample: &Sample, fields: &[String]) -> Result<[usize
         .ok_or_else(|| StageError::new("the sample has no volume to transform"))
 }
 
+/// Spatial bounds `[lo, hi)` of the voxels where `inside` holds, over every leading
+/// (channel) index, in one pass over memory: whole rows along the last axis are tested, and
+/// only a row's ends are scanned for the last axis's bounds.
+pub fn bounds_where<T: Clone>(
+    volume: ndarray::ArrayViewD<'_, T>,
+    inside: impl Fn(&T) -> bool,
+) -> Option<([usize; 3], [usize; 3])> {
+    let n = volume.ndim();
+    if n < 3 {
+        return None;
+    }
+    let shape = volume.shape();
+    let (nx, ny, nz) = (shape[n - 3], shape[n - 2], shape[n - 1]);
+    let standard = volume.as_standard_layout();
+    let data = standard.as_slice()?;
+    let mut lo = [usize::MAX; 3];
+    let mut hi = [0usize; 3];
+    if nz == 0 {
+        return None;
+    }
+    for (row_index, row) in data.chunks_exact(nz).enumerate() {
+        let Some(first) = row.iter().position(&inside) else {
+            continue;
+        };
+        let last = row.iter().rposition(&inside).unwrap_or(first);
+        let y = row_index % ny;
+        let x = (row_index / ny) % nx;
+        lo = [lo[0].min(x), lo[1].min(y), lo[2].min(first)];
+        hi = [hi[0].max(x + 1), hi[1].max(y + 1), hi[2].max(last + 1)];
+    }
+    (lo[0] != usize::MAX).then_some((lo, hi))
+}
+
 /// Matrix product of two affines.
 pub fn compose(a: &Affine, b: &Affine) -> Affine {
     let mut out = [[0.0; 4]; 4];

@@ -25,7 +25,7 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::fields::box_to_world;
+use crate::fields::{bounds_where, box_to_world};
 
 /// Which value marks enhancing tumour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -208,30 +208,12 @@ impl StageConfig for Boxes {
 }
 
 /// MONAI's mask-to-box for one spatial mask: `[lo, hi)` of the voxels where `inside` holds.
-pub fn mask_box<T>(
+pub fn mask_box<T: Clone>(
     mask: ndarray::ArrayViewD<'_, T>,
     inside: impl Fn(&T) -> bool,
 ) -> Option<[f64; 6]> {
-    let mut lo = [usize::MAX; 3];
-    let mut hi = [0usize; 3];
-    for (index, v) in mask.indexed_iter() {
-        if inside(v) {
-            for a in 0..3 {
-                lo[a] = lo[a].min(index[a]);
-                hi[a] = hi[a].max(index[a] + 1);
-            }
-        }
-    }
-    (lo[0] != usize::MAX).then(|| {
-        [
-            lo[0] as f64,
-            lo[1] as f64,
-            lo[2] as f64,
-            hi[0] as f64,
-            hi[1] as f64,
-            hi[2] as f64,
-        ]
-    })
+    bounds_where(mask, inside)
+        .map(|(lo, hi)| [lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]].map(|v| v as f64))
 }
 
 impl Stage for Boxes {

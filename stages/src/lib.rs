@@ -16,10 +16,16 @@ use mtmed3d_pipeline::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.source::<basic::SyntheticSource>();
+    r.source::<io::sources::BratsSource>();
+    r.source::<io::sources::NiftiFilesSource>();
+    r.source::<io::sources::ManifestSource>();
+    r.source::<io::sources::PhantomSource>();
     r.stage::<basic::Scale>();
     r.stage::<basic::RandNoise>();
     r.stage::<basic::FailCases>();
     r.stage::<basic::Delay>();
+    r.stage::<io::nifti_stages::NiftiDecode>();
+    r.stage::<spatial::reorient::Reorient>();
     r.stage::<intensity::Normalise>();
     r.stage::<spatial::crop::Crop>();
     r.stage::<spatial::crop::RandCrop>();
@@ -28,5 +34,6 @@ pub fn registry() -> Registry {
     r.stage::<labels::Boxes>();
     r.sink::<basic::JsonWrite>();
     r.sink::<basic::Discard>();
+    r.sink::<io::nifti_stages::NiftiWrite>();
     r
 }

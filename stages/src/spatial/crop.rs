@@ -25,7 +25,9 @@ use rand::RngExt;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::fields::{box_fields, common_spatial_shape, shifted_affine, volume_fields};
+use crate::fields::{
+    bounds_where, box_fields, common_spatial_shape, shifted_affine, volume_fields,
+};
 
 /// Copies the window starting at `start` (negative or past the end = zero padding) with
 /// spatial `size` out of a volume whose last three axes are spatial.
@@ -112,25 +114,9 @@ pub type Bounds = ([usize; 3], [usize; 3]);
 
 /// Bounding box of the nonzero voxels of a volume (any channel), or `None`.
 pub fn nonzero_bounds(sample: &Sample, field: &str) -> Result<Option<Bounds>, StageError> {
-    fn bounds<T: Copy + PartialEq + Default>(a: &ArrayD<T>) -> Option<Bounds> {
-        let n = a.ndim();
-        let mut lo = [usize::MAX; 3];
-        let mut hi = [0usize; 3];
-        let zero = T::default();
-        for (index, v) in a.indexed_iter() {
-            if *v != zero {
-                for axis in 0..3 {
-                    let i = index[n - 3 + axis];
-                    lo[axis] = lo[axis].min(i);
-                    hi[axis] = hi[axis].max(i + 1);
-                }
-            }
-        }
-        (lo[0] != usize::MAX).then_some((lo, hi))
-    }
     match sample.get(field) {
-        Some(Field::F32(a)) if a.ndim() >= 3 => Ok(bounds(a)),
-        Some(Field::U8(a)) if a.ndim() >= 3 => Ok(bounds(a)),
+        Some(Field::F32(a)) if a.ndim() >= 3 => Ok(bounds_where(a.view(), |v| *v != 0.0)),
+        Some(Field::U8(a)) if a.ndim() >= 3 => Ok(bounds_where(a.view(), |v| *v != 0)),
         Some(other) => Err(StageError::new(format!(
             "field `{field}` is a {}, expected a volume",
             other.kind()
@@ -335,14 +321,21 @@ fn nth_foreground(
 ) -> Result<Option<[usize; 3]>, StageError> {
     fn nth<T: Copy + PartialEq + Default>(a: &ArrayD<T>, k: usize) -> Option<[usize; 3]> {
         let n = a.ndim();
-        a.indexed_iter()
+        let shape = a.shape();
+        let (ny, nz) = (shape[n - 2], shape[n - 1]);
+        let nx = shape[n - 3];
+        let standard = a.as_standard_layout();
+        let flat = standard
+            .iter()
+            .enumerate()
             .filter(|(_, v)| **v != T::default())
-            .nth(k)
-            .map(|(i, _)| [i[n - 3], i[n - 2], i[n - 1]])
+            .nth(k)?
+            .0;
+        Some([(flat / (ny * nz)) % nx, (flat / nz) % ny, flat % nz])
     }
     match sample.get(field) {
-        Some(Field::U8(a)) => Ok(nth(a, k)),
-        Some(Field::F32(a)) => Ok(nth(a, k)),
+        Some(Field::U8(a)) if a.ndim() >= 3 => Ok(nth(a, k)),
+        Some(Field::F32(a)) if a.ndim() >= 3 => Ok(nth(a, k)),
         _ => Err(StageError::new(format!("field `{field}` is not a volume"))),
     }
 }

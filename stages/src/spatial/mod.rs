@@ -2,3 +2,4 @@
 
 pub mod crop;
 pub mod orientation;
+pub mod reorient;
