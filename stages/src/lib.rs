@@ -3,6 +3,7 @@
 //! [`registry`] lists every built-in component; a pipeline file names them. To add a stage,
 //! write its config and implementation in one file and add one line to [`registry`].
 
+pub mod augment;
 pub mod basic;
 pub mod fields;
 pub mod io;
@@ -18,6 +19,10 @@ pub fn registry() -> Registry {
     r.stage::<basic::RandNoise>();
     r.stage::<basic::FailCases>();
     r.stage::<basic::Delay>();
+    r.stage::<augment::RandFlip>();
+    r.stage::<augment::RandRot90>();
+    r.stage::<augment::RandRotate>();
+    r.stage::<augment::RandIntensity>();
     r.sink::<basic::JsonWrite>();
     r.sink::<basic::Discard>();
     r
