@@ -231,7 +231,10 @@ mod tests {
         let before = world(&a, [1.0, 2.0, 0.0]);
         let after = world(&b, [4.0, 1.0, 2.0]);
         for r in 0..3 {
-            assert!((before[r] - after[r]).abs() < 1e-12, "{before:?} vs {after:?}");
+            assert!(
+                (before[r] - after[r]).abs() < 1e-12,
+                "{before:?} vs {after:?}"
+            );
         }
     }
 

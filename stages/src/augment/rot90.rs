@@ -99,7 +99,9 @@ impl Component for RandRot90 {
         if a0 > 2 || a1 > 2 || a0 == a1 {
             problems.push(Problem::param(
                 "plane",
-                format!("`plane` must be two different spatial axes out of 0, 1, 2; got [{a0}, {a1}]"),
+                format!(
+                    "`plane` must be two different spatial axes out of 0, 1, 2; got [{a0}, {a1}]"
+                ),
             ));
         }
         if !(1..=3).contains(&self.max_k) {
@@ -151,17 +153,11 @@ mod tests {
             .into_dyn();
         let k1 = permute_volume(&m, &rot90_ops(1, [0, 1]));
         // np.rot90([[0,1,2],[3,4,5]]) == [[2,5],[1,4],[0,3]]
-        assert_eq!(
-            k1,
-            array![[[2u8], [5]], [[1], [4]], [[0], [3]]].into_dyn()
-        );
+        assert_eq!(k1, array![[[2u8], [5]], [[1], [4]], [[0], [3]]].into_dyn());
         let k2 = permute_volume(&m, &rot90_ops(2, [0, 1]));
         assert_eq!(k2, array![[[5u8], [4], [3]], [[2], [1], [0]]].into_dyn());
         let k3 = permute_volume(&m, &rot90_ops(3, [0, 1]));
-        assert_eq!(
-            k3,
-            array![[[3u8], [0]], [[4], [1]], [[5], [2]]].into_dyn()
-        );
+        assert_eq!(k3, array![[[3u8], [0]], [[4], [1]], [[5], [2]]].into_dyn());
         // Reversed axes turn the other way: np.rot90(m, 1, axes=(1, 0)) == np.rot90(m, 3).
         assert_eq!(permute_volume(&m, &rot90_ops(1, [1, 0])), k3);
     }

@@ -249,8 +249,9 @@ pub fn rotate_box(corners: &[f64; 6], shape: [usize; 3], r: &Mat3) -> Option<[f6
     let mut lo = [f64::INFINITY; 3];
     let mut hi = [f64::NEG_INFINITY; 3];
     for mask in 0..8 {
-        let p: [f64; 3] =
-            std::array::from_fn(|a| corners[if mask >> a & 1 == 0 { a } else { a + 3 }] - centre[a]);
+        let p: [f64; 3] = std::array::from_fn(|a| {
+            corners[if mask >> a & 1 == 0 { a } else { a + 3 }] - centre[a]
+        });
         let q = apply(r, p);
         for a in 0..3 {
             lo[a] = lo[a].min(q[a] + centre[a]);
@@ -376,9 +377,18 @@ mod tests {
     fn rotation_follows_the_documented_direction() {
         let q = std::f64::consts::FRAC_PI_2;
         let close = |a: [f64; 3], b: [f64; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
-        assert!(close(apply(&rotation([0.0, 0.0, q]), [1.0, 0.0, 0.0]), [0.0, 1.0, 0.0]));
-        assert!(close(apply(&rotation([q, 0.0, 0.0]), [0.0, 1.0, 0.0]), [0.0, 0.0, 1.0]));
-        assert!(close(apply(&rotation([0.0, q, 0.0]), [0.0, 0.0, 1.0]), [1.0, 0.0, 0.0]));
+        assert!(close(
+            apply(&rotation([0.0, 0.0, q]), [1.0, 0.0, 0.0]),
+            [0.0, 1.0, 0.0]
+        ));
+        assert!(close(
+            apply(&rotation([q, 0.0, 0.0]), [0.0, 1.0, 0.0]),
+            [0.0, 0.0, 1.0]
+        ));
+        assert!(close(
+            apply(&rotation([0.0, q, 0.0]), [0.0, 0.0, 1.0]),
+            [1.0, 0.0, 0.0]
+        ));
         // x is applied first: x then z sends Y to Z, and Z stays put under z.
         let r = rotation([q, 0.0, q]);
         assert!(close(apply(&r, [0.0, 1.0, 0.0]), [0.0, 0.0, 1.0]));
@@ -392,11 +402,20 @@ mod tests {
         let v = trilinear(data, [3, 3, 3], [0.5, 1.25, 1.5], Padding::Zeros);
         assert!((v - (0.5 + 12.5 + 150.0)).abs() < 1e-4, "{v}");
         // Half a voxel outside: half the edge value with zeros, the edge value with border.
-        assert_eq!(trilinear(data, [3, 3, 3], [-0.5, 0.0, 0.0], Padding::Zeros), 0.0);
+        assert_eq!(
+            trilinear(data, [3, 3, 3], [-0.5, 0.0, 0.0], Padding::Zeros),
+            0.0
+        );
         let edge = trilinear(data, [3, 3, 3], [2.5, 0.0, 0.0], Padding::Zeros);
         assert!((edge - 1.0).abs() < 1e-6, "{edge}");
-        assert_eq!(trilinear(data, [3, 3, 3], [2.5, 0.0, 0.0], Padding::Border), 2.0);
-        assert_eq!(trilinear(data, [3, 3, 3], [9.0, 0.0, 0.0], Padding::Zeros), 0.0);
+        assert_eq!(
+            trilinear(data, [3, 3, 3], [2.5, 0.0, 0.0], Padding::Border),
+            2.0
+        );
+        assert_eq!(
+            trilinear(data, [3, 3, 3], [9.0, 0.0, 0.0], Padding::Zeros),
+            0.0
+        );
     }
 
     #[test]
@@ -404,8 +423,14 @@ mod tests {
         let a = Array3::from_shape_fn((2, 2, 2), |(x, y, z)| (1 + x + 2 * y + 4 * z) as u8);
         let data = a.as_slice().unwrap();
         assert_eq!(nearest(data, [2, 2, 2], [0.4, 0.6, 0.0], Padding::Zeros), 3);
-        assert_eq!(nearest(data, [2, 2, 2], [-0.6, 0.0, 0.0], Padding::Zeros), 0);
-        assert_eq!(nearest(data, [2, 2, 2], [-0.6, 0.0, 0.0], Padding::Border), 1);
+        assert_eq!(
+            nearest(data, [2, 2, 2], [-0.6, 0.0, 0.0], Padding::Zeros),
+            0
+        );
+        assert_eq!(
+            nearest(data, [2, 2, 2], [-0.6, 0.0, 0.0], Padding::Border),
+            1
+        );
     }
 
     #[test]
@@ -432,7 +457,10 @@ mod tests {
         assert_eq!(whole, [0.0, 0.0, 0.0, 8.0, 8.0, 3.0]);
         // A corner box on a long thin volume turns out of it.
         let r = rotation([0.0, 0.0, std::f64::consts::FRAC_PI_2]);
-        assert_eq!(rotate_box(&[0.0, 0.0, 0.0, 2.0, 1.0, 1.0], [20, 2, 1], &r), None);
+        assert_eq!(
+            rotate_box(&[0.0, 0.0, 0.0, 2.0, 1.0, 1.0], [20, 2, 1], &r),
+            None
+        );
     }
 
     #[test]
