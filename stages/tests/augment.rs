@@ -93,6 +93,15 @@ fn assert_close(a: [f64; 3], b: [f64; 3], tol: f64) {
     }
 }
 
+fn assert_affine_close(a: &Affine, b: &Affine, tol: f64) {
+    let close = a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .all(|(x, y)| (x - y).abs() < tol);
+    assert!(close, "{a:?} vs {b:?}");
+}
+
 fn positions<T: PartialEq + Copy>(a: &ArrayD<T>, value: T) -> Vec<Vec<usize>> {
     a.indexed_iter()
         .filter(|(_, v)| **v == value)
@@ -192,11 +201,7 @@ mod augment {
                 twice.boxes("boxes").unwrap(),
                 original.boxes("boxes").unwrap()
             );
-            for r in 0..4 {
-                for c in 0..4 {
-                    assert!((twice.meta.affine[r][c] - AFFINE[r][c]).abs() < 1e-12);
-                }
-            }
+            assert_affine_close(&twice.meta.affine, &AFFINE, 1e-12);
             if !once.meta.history.is_empty() {
                 flipped_any += 1;
                 assert_ne!(once.f32("image").unwrap(), original.f32("image").unwrap());
@@ -352,11 +357,7 @@ mod augment {
                 assert_eq!(s.f32("image").unwrap(), original.f32("image").unwrap());
                 assert_eq!(s.u8("label").unwrap(), original.u8("label").unwrap());
                 assert_eq!(s.boxes("boxes").unwrap(), original.boxes("boxes").unwrap());
-                for r in 0..3 {
-                    for c in 0..4 {
-                        assert!((s.meta.affine[r][c] - AFFINE[r][c]).abs() < 1e-12);
-                    }
-                }
+                assert_affine_close(&s.meta.affine, &AFFINE, 1e-12);
             }
         }
     }
@@ -444,12 +445,7 @@ mod augment {
             rotated.boxes("boxes").unwrap(),
             turned.boxes("boxes").unwrap()
         );
-        for r in 0..3 {
-            for c in 0..4 {
-                let (x, y) = (rotated.meta.affine[r][c], turned.meta.affine[r][c]);
-                assert!((x - y).abs() < 1e-9, "affine [{r}][{c}]: {x} vs {y}");
-            }
-        }
+        assert_affine_close(&rotated.meta.affine, &turned.meta.affine, 1e-9);
     }
 
     #[test]
