@@ -329,6 +329,23 @@ fn trilinear(data: &[f32], dims: [usize; 3], p: [f64; 3], padding: Padding) -> f
     }
     let base = p.map(f64::floor);
     let frac: [f64; 3] = std::array::from_fn(|a| p[a] - base[a]);
+    let [nx, ny, nz] = dims;
+    let [x, y, z] = base.map(|b| b as i64);
+    if x >= 0 && y >= 0 && z >= 0 && x + 1 < nx as i64 && y + 1 < ny as i64 && z + 1 < nz as i64 {
+        // Most voxels: all eight neighbours inside, no bounds to check.
+        let (sx, sy) = (ny * nz, nz);
+        let i = x as usize * sx + y as usize * sy + z as usize;
+        let v = |o: usize| f64::from(data[i + o]);
+        let [fx, fy, fz] = frac;
+        let lerp = |a: f64, b: f64, t: f64| a + (b - a) * t;
+        let y0 = lerp(lerp(v(0), v(1), fz), lerp(v(sy), v(sy + 1), fz), fy);
+        let y1 = lerp(
+            lerp(v(sx), v(sx + 1), fz),
+            lerp(v(sx + sy), v(sx + sy + 1), fz),
+            fy,
+        );
+        return lerp(y0, y1, fx) as f32;
+    }
     let mut acc = 0.0f64;
     for corner in 0..8 {
         let mut weight = 1.0;
