@@ -15,6 +15,10 @@
 //! own generator (`StageContext::rng`), so a case is augmented the same way whatever the
 //! thread count or arrival order, and differently in each epoch.
 //!
+//! `meta.affine` describes the moved volumes: a volume left out of `fields` keeps its voxels
+//! but no longer matches the affine, so list a subset only for fields that are not in the
+//! sample's voxel grid.
+//!
 //! Flips and quarter turns are exact permutations of voxels, so they are expressed as a short
 //! list of [`AxisOp`]s (reverse an axis, swap two axes) applied alike to voxels, boxes and the
 //! affine; that keeps the three consistent by construction.
