@@ -3,6 +3,7 @@
 //! [`registry`] lists every built-in component; a pipeline file names them. To add a stage,
 //! write its config and implementation in one file and add one line to [`registry`].
 
+pub mod augment;
 pub mod basic;
 pub mod fields;
 pub mod intensity;
@@ -32,6 +33,10 @@ pub fn registry() -> Registry {
     r.stage::<spatial::crop::Patches>();
     r.stage::<labels::BratsRegions>();
     r.stage::<labels::Boxes>();
+    r.stage::<augment::RandFlip>();
+    r.stage::<augment::RandRot90>();
+    r.stage::<augment::RandRotate>();
+    r.stage::<augment::RandIntensity>();
     r.sink::<basic::JsonWrite>();
     r.sink::<basic::Discard>();
     r.sink::<io::nifti_stages::NiftiWrite>();
