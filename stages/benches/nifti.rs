@@ -85,6 +85,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("decode_240x240x155_i16_gz_to_f32", |b| {
         b.iter(|| decode(&path))
     });
+    group.bench_function("decode_240x240x155_i16_gz_then_f32", |b| {
+        b.iter(|| decode_two_step(&path))
+    });
     group.finish();
 }
 
