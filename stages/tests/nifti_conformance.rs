@@ -21,6 +21,7 @@ use ndarray::Array4;
 
 const KEEP: ReadOptions = ReadOptions {
     non_finite: NonFinitePolicy::Keep,
+    to_f32: false,
     max_data_bytes: 1 << 32,
 };
 
@@ -73,6 +74,24 @@ fn check_against_nibabel(path: &PathBuf, d: &Dumped) -> NiftiImage {
         Some((slope, inter))
     };
     assert_eq!(img.scaling(), expected_scaling, "{what}: scaling");
+
+    // The one-pass f32 read gives the same bits, and a header that says so.
+    let fused = read_nifti_with(
+        path,
+        &ReadOptions {
+            to_f32: true,
+            ..KEEP
+        },
+    )
+    .unwrap();
+    assert_eq!(fused.data.datatype(), DataType::F32, "{what}");
+    assert_eq!(fused.scaling(), None, "{what}");
+    assert_eq!(fused.non_finite_count(), img.non_finite_count(), "{what}");
+    assert_eq!(
+        fused.into_f32().mapv(f32::to_bits),
+        img.to_f32().mapv(f32::to_bits),
+        "{what}: to_f32 read"
+    );
 
     // Extensions: codes and sizes.
     let ext: Vec<(i32, usize)> = d.meta["extensions"]

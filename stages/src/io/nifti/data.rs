@@ -196,26 +196,50 @@ pub(crate) fn decode<T: NiftiElement>(
     big_endian: bool,
 ) -> Array4<T> {
     let data = if big_endian {
-        decode_into::<T, true>(raw, shape)
+        decode_into::<T, T, true>(raw, shape, |v| v)
     } else {
-        decode_into::<T, false>(raw, shape)
+        decode_into::<T, T, false>(raw, shape, |v| v)
     };
     Array4::from_shape_vec(shape, data).expect("decode produces exactly the shape's length")
 }
+
+/// [`decode`] straight to f32 with `scaling` applied (in f64, as [`VoxelData::to_f32`]), in
+/// the same pass: no intermediate array of the stored type.
+pub(crate) fn decode_f32<T: NiftiElement>(
+    raw: &[u8],
+    shape: [usize; 4],
+    big_endian: bool,
+    scaling: Option<(f64, f64)>,
+) -> Array4<f32> {
+    let (slope, inter) = scaling.unwrap_or((1.0, 0.0));
+    let scale = |v: T| (v.to_f64() * slope + inter) as f32;
+    let plain = |v: T| v.to_f64() as f32;
+    let data = match (big_endian, scaling.is_some()) {
+        (false, false) => decode_into::<T, f32, false>(raw, shape, plain),
+        (true, false) => decode_into::<T, f32, true>(raw, shape, plain),
+        (false, true) => decode_into::<T, f32, false>(raw, shape, scale),
+        (true, true) => decode_into::<T, f32, true>(raw, shape, scale),
+    };
+    Array4::from_shape_vec(shape, data).expect("decode produces exactly the shape's length")
+}
+
+/// Edge of the (y, z) tiles of the transposing copies.
+const TILE: usize = 16;
 
 /// The transposition `[Z][Y][X] -> [X][Y][Z]` per channel, fused with byte decoding.
 ///
 /// Work is split by blocks of `BX` consecutive x: a block reads `BX` adjacent input values
 /// (one or two cache lines) per (y, z) and writes them to `BX` output rows that are each
 /// filled sequentially, so both sides stream through memory instead of striding by a plane.
-fn decode_into<T: NiftiElement, const BIG: bool>(
+fn decode_into<T: NiftiElement, U: Copy + Default + Send + Sync, const BIG: bool>(
     raw: &[u8],
     [c, nx, ny, nz]: [usize; 4],
-) -> Vec<T> {
+    map: impl Fn(T) -> U + Sync,
+) -> Vec<U> {
     let n = nx * ny * nz;
     let s = T::SIZE;
     debug_assert_eq!(raw.len(), c * n * s);
-    let mut out = vec![T::default(); c * n];
+    let mut out = vec![U::default(); c * n];
     if n == 0 {
         return out;
     }
@@ -225,7 +249,7 @@ fn decode_into<T: NiftiElement, const BIG: bool>(
             .zip(raw.par_chunks(s << 16))
             .for_each(|(o, r)| {
                 for (o, b) in o.iter_mut().zip(r.chunks_exact(s)) {
-                    *o = T::from_bytes::<BIG>(b);
+                    *o = map(T::from_bytes::<BIG>(b));
                 }
             });
         return out;
@@ -241,13 +265,19 @@ fn decode_into<T: NiftiElement, const BIG: bool>(
                 .for_each(|(blk, out_b)| {
                     let x0 = blk * bx;
                     let w = out_b.len() / plane;
-                    for y in 0..ny {
-                        for z in 0..nz {
-                            let start = ((z * ny + y) * nx + x0) * s;
-                            let row = &raw_c[start..start + w * s];
-                            let dst = y * nz + z;
-                            for (i, b) in row.chunks_exact(s).enumerate() {
-                                out_b[i * plane + dst] = T::from_bytes::<BIG>(b);
+                    // Tiles of TILE×TILE (y, z) keep the rows being read (TILE planes apart) and the
+                    // BX output rows being written in cache together.
+                    for y0 in (0..ny).step_by(TILE) {
+                        for z0 in (0..nz).step_by(TILE) {
+                            for y in y0..(y0 + TILE).min(ny) {
+                                for z in z0..(z0 + TILE).min(nz) {
+                                    let start = ((z * ny + y) * nx + x0) * s;
+                                    let row = &raw_c[start..start + w * s];
+                                    let dst = y * nz + z;
+                                    for (i, b) in row.chunks_exact(s).enumerate() {
+                                        out_b[i * plane + dst] = map(T::from_bytes::<BIG>(b));
+                                    }
+                                }
                             }
                         }
                     }

@@ -8,7 +8,8 @@ use flate2::bufread::MultiGzDecoder;
 use ndarray::Array4;
 
 use super::data::{
-    NiftiElement, VoxelData, count_non_finite, decode, dispatch, unravel, zero_non_finite,
+    NiftiElement, VoxelData, count_non_finite, decode, decode_f32, dispatch, unravel,
+    zero_non_finite,
 };
 use super::error::{NiftiError, NiftiErrorKind, Section};
 use super::header::{
@@ -35,6 +36,11 @@ pub enum NonFinitePolicy {
 pub struct ReadOptions {
     /// NaN/infinity handling for float data.
     pub non_finite: NonFinitePolicy,
+    /// Convert the voxels to f32 with `scl_slope`/`scl_inter` applied while decoding, in one
+    /// pass without an array of the stored type. The returned header then describes what it
+    /// holds: datatype float32, no scaling. Use it for images headed for f32 processing;
+    /// leave it off for label maps and to keep stored values.
+    pub to_f32: bool,
     /// Largest voxel-data size accepted, in bytes. Plain files are also checked against their
     /// length, but a gzip stream's size is only known by decompressing it, so this bounds what a
     /// corrupt or hostile header can make the reader allocate.
@@ -46,6 +52,7 @@ impl Default for ReadOptions {
         // 16 GiB: four times a 512×512×2000 f32 CT, far beyond any MR volume.
         ReadOptions {
             non_finite: NonFinitePolicy::default(),
+            to_f32: false,
             max_data_bytes: 16 << 30,
         }
     }
@@ -126,9 +133,10 @@ impl NiftiImage {
     pub fn into_u8_labels(self) -> Result<Array4<u8>, NiftiError> {
         let scaling = self.scaling();
         let shape = self.data.shape();
-        if let (VoxelData::U8(a), None) = (&self.data, scaling) {
-            return Ok(a.clone());
-        }
+        let data = match (self.data, scaling) {
+            (VoxelData::U8(a), None) => return Ok(a),
+            (data, _) => data,
+        };
         fn conv<T: NiftiElement>(
             a: &Array4<T>,
             scaling: Option<(f64, f64)>,
@@ -145,7 +153,7 @@ impl NiftiImage {
             }
             Ok(out)
         }
-        let converted = dispatch!(&self.data, a => conv(a, scaling));
+        let converted = dispatch!(&data, a => conv(a, scaling));
         match converted {
             Ok(v) => Ok(Array4::from_shape_vec(shape, v).expect("same length")),
             Err((value, flat)) => Err(NiftiError::new(
@@ -610,17 +618,39 @@ fn read_voxels(
         }
     }
     let big = header.endianness == Endianness::Big;
-    let mut data = match header.datatype {
-        DataType::U8 => VoxelData::U8(decode(&raw, shape, big)),
-        DataType::I8 => VoxelData::I8(decode(&raw, shape, big)),
-        DataType::I16 => VoxelData::I16(decode(&raw, shape, big)),
-        DataType::U16 => VoxelData::U16(decode(&raw, shape, big)),
-        DataType::I32 => VoxelData::I32(decode(&raw, shape, big)),
-        DataType::U32 => VoxelData::U32(decode(&raw, shape, big)),
-        DataType::I64 => VoxelData::I64(decode(&raw, shape, big)),
-        DataType::U64 => VoxelData::U64(decode(&raw, shape, big)),
-        DataType::F32 => VoxelData::F32(decode(&raw, shape, big)),
-        DataType::F64 => VoxelData::F64(decode(&raw, shape, big)),
+    let mut header = header;
+    let mut data = if options.to_f32 {
+        let scaling = header.scaling()?;
+        let f = match header.datatype {
+            DataType::U8 => decode_f32::<u8>(&raw, shape, big, scaling),
+            DataType::I8 => decode_f32::<i8>(&raw, shape, big, scaling),
+            DataType::I16 => decode_f32::<i16>(&raw, shape, big, scaling),
+            DataType::U16 => decode_f32::<u16>(&raw, shape, big, scaling),
+            DataType::I32 => decode_f32::<i32>(&raw, shape, big, scaling),
+            DataType::U32 => decode_f32::<u32>(&raw, shape, big, scaling),
+            DataType::I64 => decode_f32::<i64>(&raw, shape, big, scaling),
+            DataType::U64 => decode_f32::<u64>(&raw, shape, big, scaling),
+            DataType::F32 => decode_f32::<f32>(&raw, shape, big, scaling),
+            DataType::F64 => decode_f32::<f64>(&raw, shape, big, scaling),
+        };
+        header.datatype = DataType::F32;
+        header.bitpix = 32;
+        header.scl_slope = 1.0;
+        header.scl_inter = 0.0;
+        VoxelData::F32(f)
+    } else {
+        match header.datatype {
+            DataType::U8 => VoxelData::U8(decode(&raw, shape, big)),
+            DataType::I8 => VoxelData::I8(decode(&raw, shape, big)),
+            DataType::I16 => VoxelData::I16(decode(&raw, shape, big)),
+            DataType::U16 => VoxelData::U16(decode(&raw, shape, big)),
+            DataType::I32 => VoxelData::I32(decode(&raw, shape, big)),
+            DataType::U32 => VoxelData::U32(decode(&raw, shape, big)),
+            DataType::I64 => VoxelData::I64(decode(&raw, shape, big)),
+            DataType::U64 => VoxelData::U64(decode(&raw, shape, big)),
+            DataType::F32 => VoxelData::F32(decode(&raw, shape, big)),
+            DataType::F64 => VoxelData::F64(decode(&raw, shape, big)),
+        }
     };
     drop(raw);
     let non_finite = apply_non_finite_policy(&mut data, path, options.non_finite)?;
