@@ -52,7 +52,11 @@ fn sync<B: Backend>(device: &B::Device) {
     let _ = B::sync(device);
 }
 
-fn run<B: AutodiffBackend>(cfg: &ModelConfig, device: &B::Device, iters: usize) -> Vec<(&'static str, Duration)> {
+fn run<B: AutodiffBackend>(
+    cfg: &ModelConfig,
+    device: &B::Device,
+    iters: usize,
+) -> Vec<(&'static str, Duration)> {
     let [x, y, z] = cfg.input_size;
     let model = cfg.init::<B>(device).expect("valid preset");
     let image = Tensor::<B, 5>::random([1, 4, x, y, z], Distribution::Normal(0.0, 1.0), device);
@@ -60,15 +64,23 @@ fn run<B: AutodiffBackend>(cfg: &ModelConfig, device: &B::Device, iters: usize) 
     for (i, m) in mask.iter_mut().enumerate() {
         let v = i % (x * y * z);
         let (a, b, c) = (v / (y * z), (v / z) % y, v % z);
-        *m = ((a as f32 - x as f32 / 2.0).abs() < 10.0 && (b as f32 - y as f32 / 2.0).abs() < 12.0 && (c as f32 - z as f32 / 2.0).abs() < 8.0)
-            as u8 as f32;
+        *m = ((a as f32 - x as f32 / 2.0).abs() < 10.0
+            && (b as f32 - y as f32 / 2.0).abs() < 12.0
+            && (c as f32 - z as f32 / 2.0).abs() < 8.0) as u8 as f32;
     }
     let h = [x, y, z].map(|s| s as f32 / 2.0);
     let targets = Targets {
         seg: Tensor::from_data(TensorData::new(mask, [1, 3, x, y, z]), device),
         grades: vec![1],
         boxes: vec![BoxTargets {
-            boxes: vec![[h[0] - 10.0, h[1] - 12.0, h[2] - 8.0, h[0] + 10.0, h[1] + 12.0, h[2] + 8.0]],
+            boxes: vec![[
+                h[0] - 10.0,
+                h[1] - 12.0,
+                h[2] - 8.0,
+                h[0] + 10.0,
+                h[1] + 12.0,
+                h[2] + 8.0,
+            ]],
             labels: vec![0],
         }],
     };
@@ -141,7 +153,10 @@ fn main() {
             serde_json::json!({"preset": a.preset, "device": a.device, "input": [1, 4, x, y, z], "seconds": obj})
         );
     } else {
-        println!("preset {} on {} (burn 0.21), input 1×4×{x}×{y}×{z}, median of {}", a.preset, a.device, a.iters);
+        println!(
+            "preset {} on {} (burn 0.21), input 1×4×{x}×{y}×{z}, median of {}",
+            a.preset, a.device, a.iters
+        );
         println!("{:<26}{:>12}", "measurement", "seconds");
         for (k, d) in rows {
             println!("{k:<26}{:>12.3}", d.as_secs_f64());

@@ -123,7 +123,10 @@ impl GradNorm {
         let rates: Vec<f64> = (0..t).map(|i| losses[i] / initial[i]).collect();
         let rate_mean = rates.iter().sum::<f64>() / t as f64;
         let r: Vec<f64> = rates.iter().map(|x| x / rate_mean).collect();
-        let target: Vec<f64> = r.iter().map(|ri| g_mean * ri.powf(self.config.alpha)).collect();
+        let target: Vec<f64> = r
+            .iter()
+            .map(|ri| g_mean * ri.powf(self.config.alpha))
+            .collect();
         let loss = (0..t).map(|i| (g[i] - target[i]).abs()).sum();
 
         // Adam on the weights, state kept across updates
@@ -173,14 +176,18 @@ pub fn last_shared_layer_grad_norms<B: AutodiffBackend>(
     targets: &Targets<B>,
 ) -> [f64; 3] {
     let inner = model.valid();
-    let ([hs0, hs1, hs2, hs3], u) = inner.encoder.forward_until_last_layer(image.clone().inner());
+    let ([hs0, hs1, hs2, hs3], u) = inner
+        .encoder
+        .forward_until_last_layer(image.clone().inner());
     let f = inner.encoder.stages[3].merging.reduction.forward(u.clone()); // [B, d, h, w, 2C]
     let [b, d, h, w, c8] = u.dims();
     let rows = b * d * h * w;
     let u_t = u.reshape([rows, c8]).transpose(); // [8C, rows]
     Task::ALL.map(|task| {
         let f_leaf = Tensor::<B, 5>::from_inner(f.clone()).require_grad();
-        let hs4 = model.encoder.project_out(f_leaf.clone().permute([0, 4, 1, 2, 3]));
+        let hs4 = model
+            .encoder
+            .project_out(f_leaf.clone().permute([0, 4, 1, 2, 3]));
         let features = EncoderFeatures {
             hidden: [
                 Tensor::from_inner(hs0.clone()),
@@ -192,7 +199,9 @@ pub fn last_shared_layer_grad_norms<B: AutodiffBackend>(
         };
         let loss = model.task_loss(config, task, image.clone().detach(), &features, targets);
         let grads = loss.backward();
-        let g = f_leaf.grad(&grads).expect("the task depends on the bottleneck"); // [B, d, h, w, 2C]
+        let g = f_leaf
+            .grad(&grads)
+            .expect("the task depends on the bottleneck"); // [B, d, h, w, 2C]
         let c2 = g.dims()[4];
         let dw = u_t.clone().matmul(g.reshape([rows, c2])); // [8C, 2C]
         crate::model::scalar(dw.square().sum().sqrt())

@@ -24,13 +24,19 @@ type Rec = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
 /// Writes `model` and its `config` to `path` (through a temporary file and a rename, so an interrupted
 /// save never leaves a truncated checkpoint under the final name).
-pub fn save<B: Backend>(model: &MultiTaskModel<B>, config: &ModelConfig, path: &Path) -> Result<()> {
+pub fn save<B: Backend>(
+    model: &MultiTaskModel<B>,
+    config: &ModelConfig,
+    path: &Path,
+) -> Result<()> {
     let json = serde_json::to_vec(config)?;
-    let record = Recorder::<B>::record(&Rec::default(), model.clone().into_record(), ()).map_err(|e| {
-        ModelError::Record {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
+    let record = on_large_stack(path, || {
+        Recorder::<B>::record(&Rec::default(), model.clone().into_record(), ()).map_err(|e| {
+            ModelError::Record {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })
     })?;
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
@@ -39,7 +45,8 @@ pub fn save<B: Backend>(model: &MultiTaskModel<B>, config: &ModelConfig, path: &
     let tmp = path.with_extension("partial");
     let mut file = fs::File::create(&tmp).map_err(io)?;
     file.write_all(MAGIC).map_err(io)?;
-    file.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+    file.write_all(&(json.len() as u64).to_le_bytes())
+        .map_err(io)?;
     file.write_all(&json).map_err(io)?;
     file.write_all(&record).map_err(io)?;
     file.sync_all().map_err(io)?;
@@ -77,7 +84,11 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
 }
 
 /// The first field (dotted path) where two JSON values differ, with both values.
-pub fn first_difference(saved: &Value, expected: &Value, prefix: &str) -> Option<(String, String, String)> {
+pub fn first_difference(
+    saved: &Value,
+    expected: &Value,
+    prefix: &str,
+) -> Option<(String, String, String)> {
     match (saved, expected) {
         (Value::Object(a), Value::Object(b)) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -111,7 +122,11 @@ fn show(v: Option<&Value>) -> String {
 
 /// Loads a checkpoint made with `expected`; a checkpoint of any other configuration is refused with
 /// [`ModelError::ConfigMismatch`].
-pub fn load<B: Backend>(path: &Path, expected: &ModelConfig, device: &B::Device) -> Result<MultiTaskModel<B>> {
+pub fn load<B: Backend>(
+    path: &Path,
+    expected: &ModelConfig,
+    device: &B::Device,
+) -> Result<MultiTaskModel<B>> {
     let (_, saved, record) = split(path)?;
     let wanted = serde_json::to_value(expected)?;
     if let Some((field, saved, expected)) = first_difference(&saved, &wanted, "") {
@@ -122,16 +137,44 @@ pub fn load<B: Backend>(path: &Path, expected: &ModelConfig, device: &B::Device)
             expected,
         });
     }
-    let model = expected.init::<B>(device)?;
-    let record = Recorder::<B>::load(&Rec::default(), record, device).map_err(|e| ModelError::Record {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    // the model is tens of kilobytes by value: it crosses the thread boundary boxed
+    let model = on_large_stack(path, || {
+        let model = expected.init::<B>(device)?;
+        let record = Recorder::<B>::load(&Rec::default(), record, device).map_err(|e| {
+            ModelError::Record {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Box::new(model.load_record(record)))
     })?;
-    Ok(model.load_record(record))
+    Ok(*model)
+}
+
+/// Runs `f` on a thread with a 64 MiB stack.
+///
+/// Encoding and decoding a record recurse once per nesting level of the model, and unoptimised builds use
+/// more stack per level than a test thread's 2 MiB.
+fn on_large_stack<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("checkpoint-record".into())
+            .stack_size(64 << 20)
+            .spawn_scoped(scope, f)
+            .map_err(|source| ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Loads a checkpoint with the configuration stored in it.
-pub fn load_with_stored_config<B: Backend>(path: &Path, device: &B::Device) -> Result<(MultiTaskModel<B>, ModelConfig)> {
+pub fn load_with_stored_config<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<(MultiTaskModel<B>, ModelConfig)> {
     let config = read_config(path)?;
     let model = load(path, &config, device)?;
     Ok((model, config))

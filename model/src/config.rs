@@ -511,7 +511,10 @@ mod tests {
     #[test]
     fn unknown_preset_lists_known_ones() {
         let err = ModelConfig::preset("huge").unwrap_err().to_string();
-        assert!(err.contains("huge") && err.contains("reference, tiny"), "{err}");
+        assert!(
+            err.contains("huge") && err.contains("reference, tiny"),
+            "{err}"
+        );
     }
 
     #[test]

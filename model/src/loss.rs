@@ -10,7 +10,11 @@ use crate::config::DiceConfig;
 ///
 /// `logits`, `target`: `[B, C, D, H, W]`, target in {0, 1}. With `smooth_nr > 0` an empty target scores
 /// 0 for an empty prediction and close to 1 — with a gradient — for false positives.
-pub fn dice_loss<B: Backend>(config: &DiceConfig, logits: Tensor<B, 5>, target: Tensor<B, 5>) -> Tensor<B, 1> {
+pub fn dice_loss<B: Backend>(
+    config: &DiceConfig,
+    logits: Tensor<B, 5>,
+    target: Tensor<B, 5>,
+) -> Tensor<B, 1> {
     let [b, c, d, h, w] = logits.dims();
     let p = sigmoid(logits).reshape([b, c, d * h * w]);
     let t = target.reshape([b, c, d * h * w]);
@@ -38,10 +42,16 @@ pub fn sigmoid_focal_loss<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     let p = sigmoid(logits.clone());
     // binary cross-entropy with logits, stable form: max(x, 0) − x·t + ln(1 + e^−|x|)
-    let ce = relu(logits.clone()) - logits.clone() * target.clone() + logits.abs().neg().exp().log1p();
-    let p_t = p.clone() * target.clone() + (p.neg().add_scalar(1.0)) * (target.clone().neg().add_scalar(1.0));
+    let ce =
+        relu(logits.clone()) - logits.clone() * target.clone() + logits.abs().neg().exp().log1p();
+    let p_t = p.clone() * target.clone()
+        + (p.neg().add_scalar(1.0)) * (target.clone().neg().add_scalar(1.0));
     // (1 − p_t)^γ; the clamp keeps the power's gradient finite where p_t = 1 (it is 0 there anyway)
-    let modulating = p_t.neg().add_scalar(1.0).clamp_min(1e-12).powf_scalar(gamma);
+    let modulating = p_t
+        .neg()
+        .add_scalar(1.0)
+        .clamp_min(1e-12)
+        .powf_scalar(gamma);
     let loss = ce * modulating;
     match alpha {
         Some(a) => loss * target.mul_scalar(2.0 * a - 1.0).add_scalar(1.0 - a),
@@ -50,7 +60,11 @@ pub fn sigmoid_focal_loss<B: Backend, const D: usize>(
 }
 
 /// Elementwise smooth L1 (Huber with transition `beta`), unreduced.
-pub fn smooth_l1<B: Backend, const D: usize>(pred: Tensor<B, D>, target: Tensor<B, D>, beta: f64) -> Tensor<B, D> {
+pub fn smooth_l1<B: Backend, const D: usize>(
+    pred: Tensor<B, D>,
+    target: Tensor<B, D>,
+    beta: f64,
+) -> Tensor<B, D> {
     let diff = (pred - target).abs();
     let quadratic = diff.clone().square().mul_scalar(0.5 / beta);
     let linear = diff.clone().sub_scalar(0.5 * beta);
@@ -59,13 +73,20 @@ pub fn smooth_l1<B: Backend, const D: usize>(pred: Tensor<B, D>, target: Tensor<
 
 /// Classification focal loss of `[B, classes]` logits against class indices, as the reference's MONAI
 /// `FocalLoss` (sigmoid form on one-hot targets, mean over every element).
-pub fn classification_focal_loss<B: Backend>(logits: Tensor<B, 2>, labels: &[usize], gamma: f64) -> Tensor<B, 1> {
+pub fn classification_focal_loss<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[usize],
+    gamma: f64,
+) -> Tensor<B, 1> {
     let [b, k] = logits.dims();
     let mut onehot = vec![0f32; b * k];
     for (i, &l) in labels.iter().enumerate() {
         onehot[i * k + l] = 1.0;
     }
-    let target = Tensor::from_data(burn::tensor::TensorData::new(onehot, [b, k]), &logits.device());
+    let target = Tensor::from_data(
+        burn::tensor::TensorData::new(onehot, [b, k]),
+        &logits.device(),
+    );
     sigmoid_focal_loss(logits, target, gamma, None).mean()
 }
 
@@ -97,8 +118,12 @@ mod tests {
     fn dice_penalises_false_positives_on_an_empty_target() {
         let cfg = DiceConfig::new();
         let empty = t5(vec![0.0; 4], [1, 1, 1, 2, 2]);
-        let quiet: f32 = dice_loss(&cfg, t5(vec![-20.0; 4], [1, 1, 1, 2, 2]), empty.clone()).into_scalar();
-        assert!(quiet < 0.01, "empty prediction on empty target should score ~0, got {quiet}");
+        let quiet: f32 =
+            dice_loss(&cfg, t5(vec![-20.0; 4], [1, 1, 1, 2, 2]), empty.clone()).into_scalar();
+        assert!(
+            quiet < 0.01,
+            "empty prediction on empty target should score ~0, got {quiet}"
+        );
 
         let logits = t5(vec![0.0, 1.0, -1.0, 2.0], [1, 1, 1, 2, 2]).require_grad();
         let loss = dice_loss(&cfg, logits.clone(), empty.clone());
@@ -121,14 +146,20 @@ mod tests {
     fn focal_loss_matches_the_formula() {
         let x = Tensor::<B, 1>::from_floats([2.0, -1.0, 0.5], &Default::default());
         let t = Tensor::<B, 1>::from_floats([1.0, 0.0, 0.0], &Default::default());
-        let got: Vec<f32> = sigmoid_focal_loss(x, t, 2.0, Some(0.25)).to_data().to_vec().unwrap();
+        let got: Vec<f32> = sigmoid_focal_loss(x, t, 2.0, Some(0.25))
+            .to_data()
+            .to_vec()
+            .unwrap();
         let expect = |x: f32, t: f32| {
             let p = 1.0 / (1.0 + (-x).exp());
             let pt = if t == 1.0 { p } else { 1.0 - p };
             let a = if t == 1.0 { 0.25 } else { 0.75 };
             -a * (1.0 - pt).powi(2) * pt.ln()
         };
-        for (g, e) in got.iter().zip([expect(2.0, 1.0), expect(-1.0, 0.0), expect(0.5, 0.0)]) {
+        for (g, e) in got
+            .iter()
+            .zip([expect(2.0, 1.0), expect(-1.0, 0.0), expect(0.5, 0.0)])
+        {
             assert!((g - e).abs() < 1e-6, "{g} vs {e}");
         }
     }

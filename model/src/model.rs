@@ -1,7 +1,7 @@
 //! The multi-task model: shared encoder, segmentation, classification (after segmentation) and
 //! detection decoders (paper Fig. 1).
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
@@ -96,21 +96,36 @@ impl<B: Backend> TaskLosses<B> {
     }
 }
 
+/// Forces the lazy initialisation of every parameter it visits.
+struct Materialise;
+
+impl<B: Backend> ModuleVisitor<B> for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+}
+
 /// Reads a one-element tensor.
 pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     t.into_data().iter::<f64>().next().unwrap_or(f64::NAN)
 }
 
 impl ModelConfig {
-    /// Validates the configuration and builds the model.
+    /// Validates the configuration and builds the model, with every parameter initialised.
+    ///
+    /// burn initialises parameters lazily, and a clone of a not-yet-initialised parameter draws its own
+    /// random values; the model is initialised here so that copies (`valid()`, checkpoints taken before
+    /// the first forward) hold the same weights as the original.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<MultiTaskModel<B>> {
         self.validate()?;
-        Ok(MultiTaskModel {
+        let model = MultiTaskModel {
             encoder: self.encoder.init(device),
             segmentation: self.segmentation.init(device),
             classification: self.classification.init(device),
             detection: self.detection.init(device),
-        })
+        };
+        model.visit(&mut Materialise);
+        Ok(model)
     }
 
     /// Checks that an input of shape `[B, C, D, H, W]` fits this model.
@@ -119,7 +134,9 @@ impl ModelConfig {
         let reason = if dims[1] != self.encoder.in_channels {
             Some(format!("expected {} channels", self.encoder.in_channels))
         } else if dims[2..].iter().any(|&s| s == 0 || s % reduction != 0) {
-            Some(format!("spatial sizes must be positive multiples of {reduction}"))
+            Some(format!(
+                "spatial sizes must be positive multiples of {reduction}"
+            ))
         } else {
             None
         };
@@ -138,9 +155,21 @@ impl ModelConfig {
     }
 
     /// Unweighted task losses of `output` against `targets`.
-    pub fn losses<B: Backend>(&self, output: &MultiTaskOutput<B>, targets: &Targets<B>) -> TaskLosses<B> {
-        let seg = dice_loss(&self.loss.dice, output.seg_logits.clone(), targets.seg.clone());
-        let cls = classification_focal_loss(output.class_logits.clone(), &targets.grades, self.loss.cls_focal_gamma);
+    pub fn losses<B: Backend>(
+        &self,
+        output: &MultiTaskOutput<B>,
+        targets: &Targets<B>,
+    ) -> TaskLosses<B> {
+        let seg = dice_loss(
+            &self.loss.dice,
+            output.seg_logits.clone(),
+            targets.seg.clone(),
+        );
+        let cls = classification_focal_loss(
+            output.class_logits.clone(),
+            &targets.grades,
+            self.loss.cls_focal_gamma,
+        );
         let det = self.detection_losses(output, targets);
         TaskLosses {
             seg,

@@ -181,10 +181,14 @@ mod tests {
         let y = channel_layer_norm(x, 0.0);
         let mean = y.clone().mean_dim(1);
         let var = y.var_bias(1);
-        mean.into_data()
-            .assert_approx_eq::<f32>(&TensorData::zeros::<f32, _>([2, 1, 2, 3, 2]), Tolerance::absolute(1e-5));
-        var.into_data()
-            .assert_approx_eq::<f32>(&TensorData::ones::<f32, _>([2, 1, 2, 3, 2]), Tolerance::absolute(1e-4));
+        mean.into_data().assert_approx_eq::<f32>(
+            &TensorData::zeros::<f32, _>([2, 1, 2, 3, 2]),
+            Tolerance::absolute(1e-5),
+        );
+        var.into_data().assert_approx_eq::<f32>(
+            &TensorData::ones::<f32, _>([2, 1, 2, 3, 2]),
+            Tolerance::absolute(1e-4),
+        );
     }
 
     #[test]

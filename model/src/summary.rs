@@ -8,11 +8,30 @@
 
 use std::fmt;
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
 use crate::config::{ModelConfig, stage_widths};
 use crate::encoder::window::{effective_window, padded_dims};
 use crate::error::Result;
+
+/// Trainable parameters of a module: what `Module::num_params` counts minus the batch-norm running
+/// statistics (buffers, not parameters — PyTorch's `numel` over `parameters()` leaves them out too).
+pub fn trainable_parameters<B: AutodiffBackend, M: Module<B>>(module: &M) -> usize {
+    struct Count(usize);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.is_require_grad() {
+                self.0 += param.shape().num_elements();
+            }
+        }
+    }
+    let mut count = Count(0);
+    module.visit(&mut count);
+    count.0
+}
 
 /// Counts of one part of the model.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -110,7 +129,13 @@ fn encoder(cfg: &ModelConfig) -> PartSummary {
     let w = stage_widths(e.embed_dim);
     let mut c = Counter::default();
     let p = e.patch_size;
-    c.conv(e.in_channels, e.embed_dim, p, vol(scaled(cfg.input_size, p)), true);
+    c.conv(
+        e.in_channels,
+        e.embed_dim,
+        p,
+        vol(scaled(cfg.input_size, p)),
+        true,
+    );
     for i in 0..4 {
         let dims = scaled(cfg.input_size, p << i);
         let (t, ch, heads) = (vol(dims), w[i], e.num_heads[i]);
@@ -317,7 +342,11 @@ fn gib(b: u64) -> String {
 impl fmt::Display for ModelSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "model `{}`, input {:?} (batch 1)", self.name, self.input)?;
-        writeln!(f, "{:<16}{:>14}{:>14}{:>16}", "part", "parameters", "MACs", "activations")?;
+        writeln!(
+            f,
+            "{:<16}{:>14}{:>14}{:>16}",
+            "part", "parameters", "MACs", "activations"
+        )?;
         for p in &self.parts {
             writeln!(
                 f,

@@ -84,6 +84,8 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 /// The inner-backend copy of a model, for inference without a graph.
-pub fn inference_model<B: AutodiffBackend>(model: &MultiTaskModel<B>) -> MultiTaskModel<B::InnerBackend> {
+pub fn inference_model<B: AutodiffBackend>(
+    model: &MultiTaskModel<B>,
+) -> MultiTaskModel<B::InnerBackend> {
     model.valid()
 }

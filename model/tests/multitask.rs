@@ -18,7 +18,10 @@ fn tiny_forward_shapes_and_finite_losses() {
     // 5 anchors × (8³ + 4³ + 2³ + 1³) locations
     assert_eq!(out.detection.cls_logits.dims(), [2, 2925, 1]);
     assert_eq!(out.detection.box_regression.dims(), [2, 2925, 6]);
-    assert_eq!(out.detection.level_sizes, vec![[8; 3], [4; 3], [2; 3], [1; 3]]);
+    assert_eq!(
+        out.detection.level_sizes,
+        vec![[8; 3], [4; 3], [2; 3], [1; 3]]
+    );
 
     let losses = cfg.losses(&out, &targets);
     let v = losses.values();
@@ -76,6 +79,10 @@ fn gradnorm_norms_equal_a_direct_recompute() {
         let g: Tensor<CpuBackend, 2> = w.grad(&grads).unwrap();
         let direct: f64 = g.square().sum().sqrt().into_scalar().into();
         let rel = (direct - norms[i]).abs() / direct;
-        assert!(rel < 1e-3, "{task:?}: surrogate {} vs direct {direct}", norms[i]);
+        assert!(
+            rel < 1e-3,
+            "{task:?}: surrogate {} vs direct {direct}",
+            norms[i]
+        );
     }
 }

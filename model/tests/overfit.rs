@@ -37,7 +37,11 @@ fn tiny_preset_overfits_two_phantoms() {
             eprintln!(
                 "step {step:3}: losses {:?} weights {:?} ({:.1?})",
                 report.losses.map(|l| (l * 1e4).round() / 1e4),
-                report.weights.iter().map(|w| (w * 1e3).round() / 1e3).collect::<Vec<_>>(),
+                report
+                    .weights
+                    .iter()
+                    .map(|w| (w * 1e3).round() / 1e3)
+                    .collect::<Vec<_>>(),
                 start.elapsed()
             );
         }

@@ -108,10 +108,13 @@ impl UpBlockConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> UpBlock<B> {
         let s = self.scale;
         UpBlock {
-            transp_conv: ConvTranspose3dConfig::new([self.in_channels, self.out_channels], [s, s, s])
-                .with_stride([s, s, s])
-                .with_bias(false)
-                .init(device),
+            transp_conv: ConvTranspose3dConfig::new(
+                [self.in_channels, self.out_channels],
+                [s, s, s],
+            )
+            .with_stride([s, s, s])
+            .with_bias(false)
+            .init(device),
             conv_block: ResBlockConfig::new(2 * self.out_channels, self.out_channels).init(device),
         }
     }

@@ -161,7 +161,9 @@ impl<B: Backend> ClassificationDecoder<B> {
     pub fn prepare_input(&self, seg_logits: Tensor<B, 5>, image: Tensor<B, 5>) -> Tensor<B, 5> {
         match self.input {
             ClassifierInput::Logits => seg_logits,
-            ClassifierInput::ProbabilitiesWithImage => Tensor::cat(vec![sigmoid(seg_logits), image], 1),
+            ClassifierInput::ProbabilitiesWithImage => {
+                Tensor::cat(vec![sigmoid(seg_logits), image], 1)
+            }
         }
     }
 

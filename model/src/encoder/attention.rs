@@ -64,7 +64,12 @@ impl WindowAttentionConfig {
 
 impl<B: Backend> WindowAttention<B> {
     /// `x`: `[B·nW, N, C]` tokens of windows laid out as `ws`; `mask`: `[nW, N, N]` for shifted windows.
-    pub fn forward(&self, x: Tensor<B, 3>, ws: [usize; 3], mask: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ws: [usize; 3],
+        mask: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
         let [bw, n, c] = x.dims();
         let heads = self.num_heads;
         let head_dim = c / heads;
@@ -75,7 +80,11 @@ impl<B: Backend> WindowAttention<B> {
             .forward(x) // [B·nW, N, 3C]
             .reshape([bw, n, 3, heads, head_dim])
             .permute([2, 0, 3, 1, 4]); // [3, B·nW, heads, N, hd]
-        let q = qkv.clone().narrow(0, 0, 1).squeeze_dim::<4>(0).mul_scalar(scale);
+        let q = qkv
+            .clone()
+            .narrow(0, 0, 1)
+            .squeeze_dim::<4>(0)
+            .mul_scalar(scale);
         let k = qkv.clone().narrow(0, 1, 1).squeeze_dim::<4>(0);
         let v = qkv.narrow(0, 2, 1).squeeze_dim::<4>(0);
 

@@ -126,12 +126,17 @@ impl<B: Backend> SwinBlock<B> {
         let shifted = ss.iter().any(|&s| s > 0);
 
         let x = if shifted {
-            x.roll(&[-(ss[0] as i64), -(ss[1] as i64), -(ss[2] as i64)], &[1, 2, 3])
+            x.roll(
+                &[-(ss[0] as i64), -(ss[1] as i64), -(ss[2] as i64)],
+                &[1, 2, 3],
+            )
         } else {
             x
         };
         let windows = window_partition(x, ws); // [B·nW, N, C]
-        let windows = self.attn.forward(windows, ws, if shifted { mask } else { None });
+        let windows = self
+            .attn
+            .forward(windows, ws, if shifted { mask } else { None });
         let x = window_reverse(windows, ws, [b, dp, hp, wp]); // [B, Dp, Hp, Wp, C]
         let x = if shifted {
             x.roll(&[ss[0] as i64, ss[1] as i64, ss[2] as i64], &[1, 2, 3])

@@ -138,7 +138,11 @@ impl<B: Backend> SwinEncoder<B> {
 
     /// The last shared layer applied to `u` (channels last) and projected out: `hs4`, channels first.
     pub fn last_layer(&self, u: Tensor<B, 5>) -> Tensor<B, 5> {
-        let x4 = self.stages[3].merging.reduction.forward(u).permute([0, 4, 1, 2, 3]);
+        let x4 = self.stages[3]
+            .merging
+            .reduction
+            .forward(u)
+            .permute([0, 4, 1, 2, 3]);
         self.project_out(x4)
     }
 

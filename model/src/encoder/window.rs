@@ -31,7 +31,11 @@ pub fn window_partition<B: Backend>(x: Tensor<B, 5>, ws: [usize; 3]) -> Tensor<B
     let [b, d, h, w, c] = x.dims();
     x.reshape([b, d / ws[0], ws[0], h / ws[1], ws[1], w / ws[2], ws[2], c])
         .permute([0, 1, 3, 5, 2, 4, 6, 7])
-        .reshape([b * (d / ws[0]) * (h / ws[1]) * (w / ws[2]), ws[0] * ws[1] * ws[2], c])
+        .reshape([
+            b * (d / ws[0]) * (h / ws[1]) * (w / ws[2]),
+            ws[0] * ws[1] * ws[2],
+            c,
+        ])
 }
 
 /// Inverse of [`window_partition`]: `[B·nW, N, C] -> [B, D, H, W, C]`.
@@ -106,7 +110,8 @@ pub fn shifted_window_mask<B: Backend>(
 pub fn relative_position_index(layout: [usize; 3], table_window: [usize; 3]) -> Vec<i64> {
     let coords: Vec<[i64; 3]> = (0..layout[0])
         .flat_map(|a| {
-            (0..layout[1]).flat_map(move |b| (0..layout[2]).map(move |c| [a as i64, b as i64, c as i64]))
+            (0..layout[1])
+                .flat_map(move |b| (0..layout[2]).map(move |c| [a as i64, b as i64, c as i64]))
         })
         .collect();
     let t = table_window.map(|w| w as i64);

@@ -19,7 +19,10 @@ pub struct Phantom {
 struct Lcg(u64);
 impl Lcg {
     fn uniform(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32) / (1u64 << 24) as f32
     }
     fn normal(&mut self) -> f32 {
@@ -44,8 +47,15 @@ pub fn phantom(size: usize, center: [f32; 3], r_wt: f32, enhancing: bool, seed: 
             for z in 0..size {
                 let i = (x * size + y) * size + z;
                 let p = [x as f32 + 0.5, y as f32 + 0.5, z as f32 + 0.5];
-                let brain = p.iter().map(|v| ((v - half) / (0.45 * size as f32)).powi(2)).sum::<f32>() < 1.0;
-                let d = (0..3).map(|a| (p[a] - center[a]).powi(2)).sum::<f32>().sqrt();
+                let brain = p
+                    .iter()
+                    .map(|v| ((v - half) / (0.45 * size as f32)).powi(2))
+                    .sum::<f32>()
+                    < 1.0;
+                let d = (0..3)
+                    .map(|a| (p[a] - center[a]).powi(2))
+                    .sum::<f32>()
+                    .sqrt();
                 let wt = d < r_wt;
                 let tc = d < r_tc;
                 let et = enhancing && tc && d > 0.5 * r_tc;
@@ -73,7 +83,12 @@ pub fn phantom(size: usize, center: [f32; 3], r_wt: f32, enhancing: bool, seed: 
         masks,
         boxes: BoxTargets {
             boxes: vec![[
-                lo[0] as f32, lo[1] as f32, lo[2] as f32, hi[0] as f32, hi[1] as f32, hi[2] as f32,
+                lo[0] as f32,
+                lo[1] as f32,
+                lo[2] as f32,
+                hi[0] as f32,
+                hi[1] as f32,
+                hi[2] as f32,
             ]],
             labels: vec![0],
         },
@@ -109,7 +124,12 @@ pub fn batch<B: Backend>(cases: &[Phantom], device: &B::Device) -> (Tensor<B, 5>
 }
 
 /// Dice of thresholded logits against a mask, per channel, for one case of a batch.
-pub fn dice<B: Backend>(logits: &Tensor<B, 5>, target: &Tensor<B, 5>, case: usize, channel: usize) -> f32 {
+pub fn dice<B: Backend>(
+    logits: &Tensor<B, 5>,
+    target: &Tensor<B, 5>,
+    case: usize,
+    channel: usize,
+) -> f32 {
     let [_, _, d, h, w] = logits.dims();
     let l: Vec<f32> = logits
         .clone()
@@ -130,5 +150,9 @@ pub fn dice<B: Backend>(logits: &Tensor<B, 5>, target: &Tensor<B, 5>, case: usiz
         ps += p;
         ts += b;
     }
-    if ps + ts == 0.0 { 1.0 } else { 2.0 * inter / (ps + ts) }
+    if ps + ts == 0.0 {
+        1.0
+    } else {
+        2.0 * inter / (ps + ts)
+    }
 }

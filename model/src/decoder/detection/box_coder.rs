@@ -8,7 +8,11 @@ pub const MAX_LOG_RATIO: f32 = 4.135_166_6;
 
 fn center_size(b: &Box3) -> ([f32; 3], [f32; 3]) {
     let size = [b[3] - b[0], b[4] - b[1], b[5] - b[2]];
-    let c = [b[0] + size[0] / 2.0, b[1] + size[1] / 2.0, b[2] + size[2] / 2.0];
+    let c = [
+        b[0] + size[0] / 2.0,
+        b[1] + size[1] / 2.0,
+        b[2] + size[2] / 2.0,
+    ];
     (c, size)
 }
 

@@ -49,7 +49,12 @@ impl<B: Backend> Head<B> {
             norms: (0..convs)
                 .map(|_| GroupNormConfig::new(groups, channels).init(device))
                 .collect(),
-            predict: conv(channels, anchors * outputs_per_anchor, prediction_bias, device),
+            predict: conv(
+                channels,
+                anchors * outputs_per_anchor,
+                prediction_bias,
+                device,
+            ),
             outputs_per_anchor,
         }
     }

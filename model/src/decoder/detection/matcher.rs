@@ -79,7 +79,9 @@ mod tests {
         let matches = atss_match(&cfg.detection.matcher, &anchors, &gt);
         assert_eq!(matches.len(), anchors.len());
         for g in 0..2 {
-            let pos: Vec<usize> = (0..anchors.len()).filter(|&a| matches[a] == Some(g)).collect();
+            let pos: Vec<usize> = (0..anchors.len())
+                .filter(|&a| matches[a] == Some(g))
+                .collect();
             assert!(!pos.is_empty(), "box {g} has no positive anchor");
             for &a in &pos {
                 assert!(iou(&anchors.boxes[a], &gt[g]) > 0.2);

@@ -102,10 +102,13 @@ impl<B: Backend> DetectionDecoder<B> {
             })
             .collect();
         let neck = self.neck.forward(levels); // each [B, F, size_i]
-        let cls = neck.iter().map(|n| self.cls_head.forward(n.clone())).collect();
+        let cls = neck
+            .iter()
+            .map(|n| self.cls_head.forward(n.clone()))
+            .collect();
         let reg = neck.into_iter().map(|n| self.box_head.forward(n)).collect();
         DetectionOutput {
-            cls_logits: Tensor::cat(cls, 1),       // [B, N, K]
+            cls_logits: Tensor::cat(cls, 1),     // [B, N, K]
             box_regression: Tensor::cat(reg, 1), // [B, N, 6]
             level_sizes,
         }
@@ -169,13 +172,15 @@ pub fn detection_loss<B: Backend>(
         // keeps the graph connected so every parameter still receives a (zero) gradient
         output.box_regression.clone().sum().mul_scalar(0.0)
     } else {
-        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(positive_rows, [positives]), &device);
+        let rows =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(positive_rows, [positives]), &device);
         let pred = output
             .box_regression
             .clone()
             .reshape([b * n, 6])
             .select(0, rows); // [P, 6]
-        let target = Tensor::<B, 2>::from_data(TensorData::new(box_targets, [positives, 6]), &device);
+        let target =
+            Tensor::<B, 2>::from_data(TensorData::new(box_targets, [positives, 6]), &device);
         smooth_l1(pred, target, loss_cfg.smooth_l1_beta)
             .sum()
             .div_scalar(positives as f64)

@@ -27,7 +27,13 @@ pub struct PanNeck<B: Backend> {
 }
 
 /// A convolution initialised like torchvision's FPN: Kaiming-uniform with `a = 1`, zero bias.
-fn conv<B: Backend>(cin: usize, cout: usize, k: usize, stride: usize, device: &B::Device) -> Conv3d<B> {
+fn conv<B: Backend>(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    device: &B::Device,
+) -> Conv3d<B> {
     let mut conv = Conv3dConfig::new([cin, cout], [k, k, k])
         .with_stride([stride; 3])
         .with_padding(PaddingConfig3d::Explicit(k / 2, k / 2, k / 2))

@@ -4,7 +4,13 @@ use super::anchors::{Box3, iou};
 
 /// Indices of the kept boxes, by decreasing score: a box is dropped when it overlaps a kept box of the
 /// same label with IoU above `threshold`. At most `max_keep` are returned.
-pub fn nms(boxes: &[Box3], scores: &[f32], labels: &[usize], threshold: f32, max_keep: usize) -> Vec<usize> {
+pub fn nms(
+    boxes: &[Box3],
+    scores: &[f32],
+    labels: &[usize],
+    threshold: f32,
+    max_keep: usize,
+) -> Vec<usize> {
     let mut order: Vec<usize> = (0..boxes.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let mut keep: Vec<usize> = Vec::new();
