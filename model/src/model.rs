@@ -12,7 +12,7 @@ use crate::decoder::detection::{
 use crate::decoder::{ClassificationDecoder, DetectionDecoder, SegmentationDecoder};
 use crate::encoder::{EncoderFeatures, SwinEncoder};
 use crate::error::{ModelError, Result};
-use crate::loss::{classification_focal_loss, dice_loss};
+use crate::loss::{classification_focal_loss, segmentation_loss};
 
 /// Shared encoder and the three task decoders.
 #[derive(Module, Debug)]
@@ -68,7 +68,7 @@ pub struct Targets<B: Backend> {
 /// Unweighted task losses.
 #[derive(Debug, Clone)]
 pub struct TaskLosses<B: Backend> {
-    /// Dice loss.
+    /// Dice loss (plus cross-entropy when configured).
     pub seg: Tensor<B, 1>,
     /// Focal loss of the grade.
     pub cls: Tensor<B, 1>,
@@ -160,8 +160,8 @@ impl ModelConfig {
         output: &MultiTaskOutput<B>,
         targets: &Targets<B>,
     ) -> TaskLosses<B> {
-        let seg = dice_loss(
-            &self.loss.dice,
+        let seg = segmentation_loss(
+            &self.loss,
             output.seg_logits.clone(),
             targets.seg.clone(),
         );
@@ -230,7 +230,7 @@ impl<B: Backend> MultiTaskModel<B> {
         match task {
             Task::Segmentation => {
                 let seg = self.segmentation.forward(image, features);
-                dice_loss(&config.loss.dice, seg, targets.seg.clone())
+                segmentation_loss(&config.loss, seg, targets.seg.clone())
             }
             Task::Classification => {
                 let seg = self.segmentation.forward(image.clone(), features);
