@@ -32,7 +32,10 @@ pub fn dice_loss<B: Backend>(
 }
 
 /// Mean voxel-wise binary cross-entropy of logits against {0, 1} targets.
-pub fn bce_with_logits<B: Backend, const D: usize>(logits: Tensor<B, D>, target: Tensor<B, D>) -> Tensor<B, 1> {
+pub fn bce_with_logits<B: Backend, const D: usize>(
+    logits: Tensor<B, D>,
+    target: Tensor<B, D>,
+) -> Tensor<B, 1> {
     let ce = relu(logits.clone()) - logits.clone() * target + logits.abs().neg().exp().log1p();
     ce.mean()
 }
@@ -149,7 +152,10 @@ mod tests {
         let loss = dice_loss(&cfg, logits.clone(), empty.clone());
         let value: f32 = loss.clone().into_scalar();
         // Σp² ≈ 1.632 → 1 − 1/2.632
-        assert!((value - 0.620).abs() < 1e-3, "false positives should be penalised, got {value}");
+        assert!(
+            (value - 0.620).abs() < 1e-3,
+            "false positives should be penalised, got {value}"
+        );
         let grads = loss.backward();
         let g: Vec<f32> = logits.grad(&grads).unwrap().to_data().to_vec().unwrap();
         // every logit is pushed down

@@ -160,11 +160,7 @@ impl ModelConfig {
         output: &MultiTaskOutput<B>,
         targets: &Targets<B>,
     ) -> TaskLosses<B> {
-        let seg = segmentation_loss(
-            &self.loss,
-            output.seg_logits.clone(),
-            targets.seg.clone(),
-        );
+        let seg = segmentation_loss(&self.loss, output.seg_logits.clone(), targets.seg.clone());
         let cls = classification_focal_loss(
             output.class_logits.clone(),
             &targets.grades,

@@ -1,5 +1,5 @@
 //! The `tiny` preset overfits two phantom cases: the total loss falls at least tenfold and the whole-tumour
-//! Dice exceeds 0.9 on both.
+//! Dice exceeds 0.9 on both. Training runs with GradNorm (an update every 10 steps) and AdamW at 5e-3.
 
 mod common;
 
@@ -10,6 +10,7 @@ use mtmed3d_model::training::{Trainer, inference_model};
 use mtmed3d_model::{CpuAutodiff, ModelConfig};
 
 #[test]
+#[ignore = "trains for several minutes on two CPU cores; run with `cargo test -p mtmed3d-model --test overfit -- --ignored`"]
 fn tiny_preset_overfits_two_phantoms() {
     let cfg = ModelConfig::tiny();
     let device = Default::default();
