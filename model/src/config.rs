@@ -479,7 +479,7 @@ impl ModelConfig {
         if d.anchors.shapes.is_empty() {
             errors.push("detection.anchors.shapes is empty".into());
         }
-        if d.group_norm_groups == 0 || d.channels % d.group_norm_groups != 0 {
+        if d.group_norm_groups == 0 || !d.channels.is_multiple_of(d.group_norm_groups) {
             errors.push(format!(
                 "detection.channels ({}) is not divisible by group_norm_groups ({})",
                 d.channels, d.group_norm_groups

@@ -136,9 +136,9 @@ fn encoder(cfg: &ModelConfig) -> PartSummary {
         vol(scaled(cfg.input_size, p)),
         true,
     );
-    for i in 0..4 {
+    for (i, &ch) in w[..4].iter().enumerate() {
         let dims = scaled(cfg.input_size, p << i);
-        let (t, ch, heads) = (vol(dims), w[i], e.num_heads[i]);
+        let (t, heads) = (vol(dims), e.num_heads[i]);
         let (ws, _) = effective_window(dims, e.window_size, 0);
         let tp = vol(padded_dims(dims, ws));
         let n = vol(ws);

@@ -78,13 +78,13 @@ mod tests {
         ];
         let matches = atss_match(&cfg.detection.matcher, &anchors, &gt);
         assert_eq!(matches.len(), anchors.len());
-        for g in 0..2 {
+        for (g, gt_box) in gt.iter().enumerate() {
             let pos: Vec<usize> = (0..anchors.len())
                 .filter(|&a| matches[a] == Some(g))
                 .collect();
             assert!(!pos.is_empty(), "box {g} has no positive anchor");
             for &a in &pos {
-                assert!(iou(&anchors.boxes[a], &gt[g]) > 0.2);
+                assert!(iou(&anchors.boxes[a], gt_box) > 0.2);
             }
         }
         // at most 4·A candidates per level and box can be positive
