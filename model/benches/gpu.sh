@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU (driver + NVRTC; no CUDA toolkit needed at build time): build with burn's
+# CUDA backend and print one table of inference latency, forward + backward and a training step for the
+# reference preset, followed by the same on the CPU for comparison.
+#
+#   model/benches/gpu.sh [PRESET] [ITERS]
+set -euo pipefail
+preset="${1:-reference}"
+iters="${2:-5}"
+cd "$(dirname "$0")/../.."
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+cargo bench -p mtmed3d-model --features cuda --bench reference_step -- --device cuda --preset "$preset" --iters "$iters"

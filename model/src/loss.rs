@@ -1,0 +1,204 @@
+//! Task losses: soft Dice (segmentation), sigmoid focal (classification, detection), smooth L1 (boxes).
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::backend::Backend;
+
+use crate::config::DiceConfig;
+
+/// Soft Dice loss on sigmoid probabilities, per sample and channel, averaged.
+///
+/// `logits`, `target`: `[B, C, D, H, W]`, target in {0, 1}. With `smooth_nr > 0` an empty target scores
+/// 0 for an empty prediction and rises — with a gradient — with the false positives.
+pub fn dice_loss<B: Backend>(
+    config: &DiceConfig,
+    logits: Tensor<B, 5>,
+    target: Tensor<B, 5>,
+) -> Tensor<B, 1> {
+    let [b, c, d, h, w] = logits.dims();
+    let p = sigmoid(logits).reshape([b, c, d * h * w]);
+    let t = target.reshape([b, c, d * h * w]);
+    let intersection = (p.clone() * t.clone()).sum_dim(2); // [B, C, 1]
+    let denominator = if config.squared_pred {
+        p.square().sum_dim(2) + t.square().sum_dim(2)
+    } else {
+        p.sum_dim(2) + t.sum_dim(2)
+    };
+    let dice = intersection
+        .mul_scalar(2.0)
+        .add_scalar(config.smooth_nr)
+        .div(denominator.add_scalar(config.smooth_dr));
+    dice.neg().add_scalar(1.0).mean()
+}
+
+/// Mean voxel-wise binary cross-entropy of logits against {0, 1} targets.
+pub fn bce_with_logits<B: Backend, const D: usize>(
+    logits: Tensor<B, D>,
+    target: Tensor<B, D>,
+) -> Tensor<B, 1> {
+    let ce = relu(logits.clone()) - logits.clone() * target + logits.abs().neg().exp().log1p();
+    ce.mean()
+}
+
+/// Segmentation loss: Dice plus `bce_weight` × binary cross-entropy.
+pub fn segmentation_loss<B: Backend>(
+    config: &crate::config::LossConfig,
+    logits: Tensor<B, 5>,
+    target: Tensor<B, 5>,
+) -> Tensor<B, 1> {
+    let dice = dice_loss(&config.dice, logits.clone(), target.clone());
+    if config.seg_bce_weight > 0.0 {
+        dice + bce_with_logits(logits, target).mul_scalar(config.seg_bce_weight)
+    } else {
+        dice
+    }
+}
+
+/// Elementwise sigmoid focal loss (Lin et al. 2017) of logits against {0, 1} targets, unreduced.
+///
+/// `alpha` weights positives by `α` and negatives by `1 − α`; `None` leaves them unweighted.
+pub fn sigmoid_focal_loss<B: Backend, const D: usize>(
+    logits: Tensor<B, D>,
+    target: Tensor<B, D>,
+    gamma: f64,
+    alpha: Option<f64>,
+) -> Tensor<B, D> {
+    let p = sigmoid(logits.clone());
+    // binary cross-entropy with logits, stable form: max(x, 0) − x·t + ln(1 + e^−|x|)
+    let ce =
+        relu(logits.clone()) - logits.clone() * target.clone() + logits.abs().neg().exp().log1p();
+    let p_t = p.clone() * target.clone()
+        + (p.neg().add_scalar(1.0)) * (target.clone().neg().add_scalar(1.0));
+    // (1 − p_t)^γ; the clamp keeps the power's gradient finite where p_t = 1 (it is 0 there anyway)
+    let modulating = p_t
+        .neg()
+        .add_scalar(1.0)
+        .clamp_min(1e-12)
+        .powf_scalar(gamma);
+    let loss = ce * modulating;
+    match alpha {
+        Some(a) => loss * target.mul_scalar(2.0 * a - 1.0).add_scalar(1.0 - a),
+        None => loss,
+    }
+}
+
+/// Elementwise smooth L1 (Huber with transition `beta`), unreduced.
+pub fn smooth_l1<B: Backend, const D: usize>(
+    pred: Tensor<B, D>,
+    target: Tensor<B, D>,
+    beta: f64,
+) -> Tensor<B, D> {
+    let diff = (pred - target).abs();
+    let quadratic = diff.clone().square().mul_scalar(0.5 / beta);
+    let linear = diff.clone().sub_scalar(0.5 * beta);
+    linear.mask_where(diff.lower_elem(beta), quadratic)
+}
+
+/// Classification focal loss of `[B, classes]` logits against class indices, as the reference's MONAI
+/// `FocalLoss` (sigmoid form on one-hot targets, mean over every element).
+pub fn classification_focal_loss<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[usize],
+    gamma: f64,
+) -> Tensor<B, 1> {
+    let [b, k] = logits.dims();
+    let mut onehot = vec![0f32; b * k];
+    for (i, &l) in labels.iter().enumerate() {
+        onehot[i * k + l] = 1.0;
+    }
+    let target = Tensor::from_data(
+        burn::tensor::TensorData::new(onehot, [b, k]),
+        &logits.device(),
+    );
+    sigmoid_focal_loss(logits, target, gamma, None).mean()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuAutodiff;
+    use burn::tensor::TensorData;
+
+    type B = CpuAutodiff;
+
+    fn t5(v: Vec<f32>, shape: [usize; 5]) -> Tensor<B, 5> {
+        Tensor::from_data(TensorData::new(v, shape), &Default::default())
+    }
+
+    #[test]
+    fn dice_is_near_zero_for_a_perfect_prediction_and_one_for_a_miss() {
+        let cfg = DiceConfig::new().with_smooth_nr(1e-5).with_smooth_dr(1e-5);
+        let target = t5(vec![1.0, 1.0, 0.0, 0.0], [1, 1, 1, 2, 2]);
+        let good = t5(vec![20.0, 20.0, -20.0, -20.0], [1, 1, 1, 2, 2]);
+        let bad = t5(vec![-20.0, -20.0, 20.0, 20.0], [1, 1, 1, 2, 2]);
+        let g: f32 = dice_loss(&cfg, good, target.clone()).into_scalar();
+        let b: f32 = dice_loss(&cfg, bad, target).into_scalar();
+        assert!(g < 1e-4, "{g}");
+        assert!(b > 0.999, "{b}");
+    }
+
+    #[test]
+    fn dice_penalises_false_positives_on_an_empty_target() {
+        let cfg = DiceConfig::new();
+        let empty = t5(vec![0.0; 4], [1, 1, 1, 2, 2]);
+        let quiet: f32 =
+            dice_loss(&cfg, t5(vec![-20.0; 4], [1, 1, 1, 2, 2]), empty.clone()).into_scalar();
+        assert!(
+            quiet < 0.01,
+            "empty prediction on empty target should score ~0, got {quiet}"
+        );
+
+        let logits = t5(vec![0.0, 1.0, -1.0, 2.0], [1, 1, 1, 2, 2]).require_grad();
+        let loss = dice_loss(&cfg, logits.clone(), empty.clone());
+        let value: f32 = loss.clone().into_scalar();
+        // Σp² ≈ 1.632 → 1 − 1/2.632
+        assert!(
+            (value - 0.620).abs() < 1e-3,
+            "false positives should be penalised, got {value}"
+        );
+        let grads = loss.backward();
+        let g: Vec<f32> = logits.grad(&grads).unwrap().to_data().to_vec().unwrap();
+        // every logit is pushed down
+        assert!(g.iter().all(|&v| v.is_finite() && v > 0.0), "{g:?}");
+
+        // the reference's smooth_nr = 0 gives the same constant loss with a gradient of exactly zero
+        let reference = DiceConfig::new().with_smooth_nr(0.0).with_smooth_dr(1e-6);
+        let logits = t5(vec![0.0, 1.0, -1.0, 2.0], [1, 1, 1, 2, 2]).require_grad();
+        let loss = dice_loss(&reference, logits.clone(), empty);
+        let grads = loss.backward();
+        let g: Vec<f32> = logits.grad(&grads).unwrap().to_data().to_vec().unwrap();
+        assert!(g.iter().all(|&v| v == 0.0), "{g:?}");
+    }
+
+    #[test]
+    fn focal_loss_matches_the_formula() {
+        let x = Tensor::<B, 1>::from_floats([2.0, -1.0, 0.5], &Default::default());
+        let t = Tensor::<B, 1>::from_floats([1.0, 0.0, 0.0], &Default::default());
+        let got: Vec<f32> = sigmoid_focal_loss(x, t, 2.0, Some(0.25))
+            .to_data()
+            .to_vec()
+            .unwrap();
+        let expect = |x: f32, t: f32| {
+            let p = 1.0 / (1.0 + (-x).exp());
+            let pt = if t == 1.0 { p } else { 1.0 - p };
+            let a = if t == 1.0 { 0.25 } else { 0.75 };
+            -a * (1.0 - pt).powi(2) * pt.ln()
+        };
+        for (g, e) in got
+            .iter()
+            .zip([expect(2.0, 1.0), expect(-1.0, 0.0), expect(0.5, 0.0)])
+        {
+            assert!((g - e).abs() < 1e-6, "{g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn smooth_l1_is_quadratic_then_linear() {
+        let p = Tensor::<B, 1>::from_floats([0.05, -1.0, 0.0], &Default::default());
+        let t = Tensor::<B, 1>::zeros([3], &Default::default());
+        let got: Vec<f32> = smooth_l1(p, t, 0.1).to_data().to_vec().unwrap();
+        assert!((got[0] - 0.5 * 0.0025 / 0.1).abs() < 1e-7);
+        assert!((got[1] - 0.95).abs() < 1e-6);
+        assert_eq!(got[2], 0.0);
+    }
+}
