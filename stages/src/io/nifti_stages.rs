@@ -129,15 +129,21 @@ impl Stage for NiftiDecode {
             },
             ..ReadOptions::default()
         };
+        // Images decode straight to scaled f32 in one pass; labels keep their stored type so
+        // they can be checked to be whole numbers.
+        let image_options = ReadOptions {
+            to_f32: true,
+            ..options
+        };
         let mut channels: Vec<Array4<f32>> = Vec::with_capacity(roles.len());
         let mut reference: Option<(PathBuf, [usize; 3], Affine, [f64; 3])> = None;
         for role in &roles {
             let path = sample.meta.sources.get(role).cloned().ok_or_else(|| {
                 StageError::new(format!("case `{}` has no `{role}` file", sample.id))
             })?;
-            let img =
-                read_nifti_with(&path, &options).map_err(|e| StageError::new(e.to_string()))?;
-            if img.non_finite_count() > 0 {
+            let img = read_nifti_with(&path, &image_options)
+                .map_err(|e| StageError::new(e.to_string()))?;
+            if img.non_finite_count() > 0 && self.non_finite == NonFinite::Zero {
                 tracing::warn!(case = %sample.id, file = %path.display(), count = img.non_finite_count(), "NaN/Inf voxels set to 0");
             }
             let shape = img.shape();
