@@ -149,7 +149,7 @@ fn each_bad_case_fails_alone_naming_its_file_and_reason() {
         (
             "Phantom_0004",
             "nifti_decode",
-            &["Phantom_0004_t1.nii.gz", "2 non-finite"],
+            &["Phantom_0004_t1.nii.gz", "2 NaN or infinite voxels"],
         ),
         (
             "Phantom_0005",
