@@ -204,10 +204,13 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
             hgg_fraction,
         } => write_phantoms(&out, cases, seed, shape, hgg_fraction, progress),
         Command::Demo { out, overrides } => {
-            let mut all = vec![format!(
-                "sinks.json_write.path={}",
-                out.join("stats.jsonl").display()
-            )];
+            let mut all = vec![
+                format!(
+                    "sinks.json_write.path={}",
+                    out.join("cases.jsonl").display()
+                ),
+                format!("sinks.nifti_write.dir={}", out.join("regions").display()),
+            ];
             all.extend(overrides);
             let name = Path::new("configs/demo.yaml (built in)");
             let Some(plan) = validated(DEMO_PIPELINE, name, &all, &registry, false) else {

@@ -262,15 +262,25 @@ fn the_demo_runs_from_an_empty_folder() {
             "--out",
             "run",
             "--set",
-            "source.synthetic.shape=[8, 8, 8]",
+            "source.phantom.shape=[32, 32, 24]",
         ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(lines(&dir.path().join("run/stats.jsonl")).len(), 24);
+    let rows = lines(&dir.path().join("run/cases.jsonl"));
+    assert_eq!(rows.len(), 8);
+    for r in &rows {
+        assert_eq!(r["fields"]["image"]["shape"][0], 4);
+        assert_eq!(r["fields"]["label"]["shape"][0], 3);
+        assert_eq!(r["fields"]["boxes"].as_array().unwrap().len(), 1, "{r}");
+    }
     let summary: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("run/summary.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(summary["done"], 24);
+    assert_eq!(summary["done"], 8);
+    let masks = std::fs::read_dir(dir.path().join("run/regions"))
+        .unwrap()
+        .count();
+    assert_eq!(masks, 8);
 }
