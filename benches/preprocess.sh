@@ -9,23 +9,24 @@
 # CPU 0 with taskset) and mtmed3d's on every core, and the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$PWD"
 cases="${1:-6}"
 work="${BENCH_DIR:-${TMPDIR:-/tmp}/mtmed3d-bench}"
 mkdir -p "$work"
 cargo build --release --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/mtmed3d"
+bin="$(realpath "${CARGO_TARGET_DIR:-target}/release/mtmed3d")"
 "$bin" phantom --out "$work/data/phantom" --cases "$cases" --seed 1 >/dev/null 2>&1
 python3 -c "import nibabel, numpy" 2>/dev/null || python3 -m pip install --quiet nibabel numpy
 
 rust_per_case() {
   local pin="$1" summary="$work/summary-$RANDOM.json"
-  (cd "$work" && RUST_LOG=error $pin "$OLDPWD/$bin" run "$OLDPWD/benches/preprocess.yaml" --summary "$summary" >/dev/null 2>&1)
+  (cd "$work" && RUST_LOG=error $pin "$bin" run "$repo/benches/preprocess.yaml" --summary "$summary" >/dev/null 2>&1)
   python3 -c "import json,sys; s=json.load(open('$summary')); assert s['done']==$cases, s; print(s['wall_s']/s['done'])"
 }
 
 one_core_rust=$(rust_per_case "taskset -c 0")
 all_cores_rust=$(rust_per_case "")
-one_core_python=$(cd "$work" && taskset -c 0 python3 "$OLDPWD/benches/preprocess.py" data/phantom | python3 -c "import json,sys; print(json.load(sys.stdin)['seconds_per_case'])")
+one_core_python=$(cd "$work" && taskset -c 0 python3 "$repo/benches/preprocess.py" data/phantom | python3 -c "import json,sys; print(json.load(sys.stdin)['seconds_per_case'])")
 python3 - "$one_core_rust" "$all_cores_rust" "$one_core_python" "$(nproc)" <<'PY'
 import sys
 r1, rn, p1, n = map(float, sys.argv[1:])
