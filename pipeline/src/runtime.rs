@@ -421,6 +421,64 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> StageError {
     StageError::new(format!("internal error (panic): {text}"))
 }
 
+/// Runs a component's workers until its input channel closes. `work` handles one sample and
+/// returns the time it spent blocked on full downstream channels; a failure (or a panic) is
+/// recorded against the sample's case and marks the case failed. After a cancel, samples are
+/// drained without work so upstream threads never block on a channel nobody reads.
+fn serve(
+    hop: &Hop,
+    rx: &Receiver<Sample>,
+    state: &RunState,
+    work: impl Fn(Sample) -> Result<Duration, StageError> + Sync,
+) {
+    std::thread::scope(|workers| {
+        for _ in 0..hop.options.workers {
+            let rx = rx.clone();
+            let work = &work;
+            workers.spawn(move || {
+                loop {
+                    let wait = Instant::now();
+                    let Ok(sample) = rx.recv() else { break };
+                    hop.counters
+                        .waiting_ns
+                        .fetch_add(nanos(wait.elapsed()), Ordering::Relaxed);
+                    if state.cancel.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    hop.counters.received.fetch_add(1, Ordering::Relaxed);
+                    let token = sample.token.clone();
+                    let (case, epoch) = (sample.id.clone(), sample.epoch);
+                    let started = Instant::now();
+                    let result = catch_unwind(AssertUnwindSafe(|| work(sample)))
+                        .unwrap_or_else(|p| Err(panic_message(p)));
+                    let elapsed = started.elapsed();
+                    hop.tick();
+                    match result {
+                        Ok(blocked) => {
+                            let busy = elapsed.saturating_sub(blocked);
+                            hop.counters
+                                .busy_ns
+                                .fetch_add(nanos(busy), Ordering::Relaxed);
+                            hop.counters
+                                .blocked_ns
+                                .fetch_add(nanos(blocked), Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            hop.counters
+                                .busy_ns
+                                .fetch_add(nanos(elapsed), Ordering::Relaxed);
+                            if let Some(t) = &token {
+                                t.failed.store(true, Ordering::SeqCst);
+                            }
+                            hop.fail(state, &case, epoch, e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
 /// Builds every component of a plan, then runs it.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     let ctx = BuildContext {
@@ -662,7 +720,7 @@ pub fn run_built(
             });
         }
 
-        // Stages.
+        // Stages: each output goes on downstream; time blocked there is not busy time.
         for ((hop, stage), (rx, out)) in stage_hops
             .iter()
             .zip(stages.iter())
@@ -673,52 +731,14 @@ pub fn run_built(
             let finish = &finish;
             let finish_context = &finish_context;
             scope.spawn(move || {
-                std::thread::scope(|inner| {
-                    for _ in 0..hop.options.workers {
-                        let rx = rx.clone();
-                        let out = &out;
-                        inner.spawn(move || {
-                            loop {
-                                let wait = Instant::now();
-                                let Ok(sample) = rx.recv() else { break };
-                                hop.counters
-                                    .waiting_ns
-                                    .fetch_add(nanos(wait.elapsed()), Ordering::Relaxed);
-                                if state.cancel.load(Ordering::SeqCst) {
-                                    continue;
-                                }
-                                hop.counters.received.fetch_add(1, Ordering::Relaxed);
-                                let token = sample.token.clone();
-                                let (case, epoch) = (sample.id.clone(), sample.epoch);
-                                let busy = Instant::now();
-                                let result = catch_unwind(AssertUnwindSafe(|| {
-                                    stage.expand(sample, &hop.ctx)
-                                }))
-                                .unwrap_or_else(|p| Err(panic_message(p)));
-                                hop.counters
-                                    .busy_ns
-                                    .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);
-                                hop.tick();
-                                match result {
-                                    Ok(samples) => {
-                                        for s in samples {
-                                            hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
-                                            let blocked = out.send(s);
-                                            hop.counters
-                                                .blocked_ns
-                                                .fetch_add(nanos(blocked), Ordering::Relaxed);
-                                        }
-                                    }
-                                    Err(e) => {
-                                        if let Some(t) = &token {
-                                            t.failed.store(true, Ordering::SeqCst);
-                                        }
-                                        hop.fail(state, &case, epoch, e);
-                                    }
-                                }
-                            }
-                        });
+                serve(hop, &rx, state, |sample| {
+                    let outputs = stage.expand(sample, &hop.ctx)?;
+                    let mut blocked = Duration::ZERO;
+                    for s in outputs {
+                        hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
+                        blocked += out.send(s);
                     }
+                    Ok(blocked)
                 });
                 // Every worker has stopped: the stage's output is final.
                 finish(hop, stage.finish(&finish_context(hop)));
@@ -733,47 +753,14 @@ pub fn run_built(
             let finish = &finish;
             let finish_context = &finish_context;
             scope.spawn(move || {
-                std::thread::scope(|inner| {
-                    for _ in 0..hop.options.workers {
-                        let rx = rx.clone();
-                        inner.spawn(move || {
-                            loop {
-                                let wait = Instant::now();
-                                let Ok(sample) = rx.recv() else { break };
-                                hop.counters
-                                    .waiting_ns
-                                    .fetch_add(nanos(wait.elapsed()), Ordering::Relaxed);
-                                if state.cancel.load(Ordering::SeqCst) {
-                                    continue;
-                                }
-                                hop.counters.received.fetch_add(1, Ordering::Relaxed);
-                                let token = sample.token.clone();
-                                let (case, epoch) = (sample.id.clone(), sample.epoch);
-                                let busy = Instant::now();
-                                let result =
-                                    catch_unwind(AssertUnwindSafe(|| sink.write(sample, &hop.ctx)))
-                                        .unwrap_or_else(|p| Err(panic_message(p)));
-                                hop.counters
-                                    .busy_ns
-                                    .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);
-                                hop.tick();
-                                match result {
-                                    Ok(()) => {
-                                        hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
-                                        if let Some(t) = &token {
-                                            t.delivered.store(true, Ordering::SeqCst);
-                                        }
-                                    }
-                                    Err(e) => {
-                                        if let Some(t) = &token {
-                                            t.failed.store(true, Ordering::SeqCst);
-                                        }
-                                        hop.fail(state, &case, epoch, e);
-                                    }
-                                }
-                            }
-                        });
+                serve(hop, &rx, state, |sample| {
+                    let token = sample.token.clone();
+                    sink.write(sample, &hop.ctx)?;
+                    hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = token {
+                        t.delivered.store(true, Ordering::SeqCst);
                     }
+                    Ok(Duration::ZERO)
                 });
                 finish(hop, sink.finish(&finish_context(hop)));
             });
