@@ -232,3 +232,28 @@ fn overrides_change_values_and_bad_ones_are_reported() {
     assert!(err.to_string().contains("no entry named `flip`"), "{err}");
     assert!(err.to_string().contains("expected a number"), "{err}");
 }
+
+#[test]
+fn wiring_mistakes_are_reported_next_to_a_broken_stage() {
+    let yaml = "\
+source:
+  synthetic: {cases: 2}
+stages:
+  - scale: {field: mask, factor: 2}
+  - scael: {factor: 2}
+  - rand_noise: {field: other}
+sinks:
+  - json_write: {path: out/x}
+  - json_write: {path: out/x}
+";
+    let found: Vec<_> = errors(yaml).iter().map(at).collect();
+    // `rand_noise` after the unparsed `scael` is not checked: `scael` might have written `other`.
+    assert_eq!(
+        found,
+        vec![
+            (K::UnsatisfiedField, 4, 20),
+            (K::UnknownStage, 5, 5),
+            (K::DuplicateOutput, 9, 24),
+        ]
+    );
+}

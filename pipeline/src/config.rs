@@ -348,9 +348,18 @@ impl Validator<'_> {
             );
         }
 
-        let (source, stages, sinks) = (source?, stages?, sinks?);
-        self.check_fields(&source, &stages, &sinks);
-        self.check_outputs(&sinks);
+        // Whole-pipeline checks run on whatever did parse, so a typo in one stage does not
+        // hide a wiring mistake in another.
+        let no_components: Vec<Option<Planned>> = Vec::new();
+        self.check_fields(
+            source.as_ref(),
+            stages.as_ref().unwrap_or(&no_components),
+            sinks.as_ref().unwrap_or(&no_components),
+        );
+        self.check_outputs(sinks.as_ref().unwrap_or(&no_components));
+        let source = source?;
+        let stages = stages?.into_iter().collect::<Option<Vec<_>>>()?;
+        let sinks = sinks?.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Plan {
             name,
             description,
@@ -379,14 +388,15 @@ impl Validator<'_> {
         }
     }
 
-    /// A list of components; `None` when the section itself is malformed.
+    /// A list of components (`None` for an entry that did not parse); `None` when the
+    /// section itself is malformed.
     fn section(
         &mut self,
         root: &Node,
         key: &str,
         kind: Kind,
         defaults: CommonOptions,
-    ) -> Option<Vec<Planned>> {
+    ) -> Option<Vec<Option<Planned>>> {
         let Some((_, node)) = root.get(key) else {
             return Some(Vec::new());
         };
@@ -407,15 +417,12 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let mut planned = Vec::new();
-        let mut complete = true;
-        for item in items {
-            match self.component(item, kind, defaults) {
-                Some(p) => planned.push(p),
-                None => complete = false,
-            }
-        }
-        complete.then_some(planned)
+        Some(
+            items
+                .iter()
+                .map(|item| self.component(item, kind, defaults))
+                .collect(),
+        )
     }
 
     /// One `name: {params}` entry. Reports every problem it finds in the entry.
@@ -660,15 +667,24 @@ impl Validator<'_> {
         (options, rest)
     }
 
-    fn check_fields(&mut self, source: &Planned, stages: &[Planned], sinks: &[Planned]) {
+    /// Every field read must be written upstream. Checking stops at a component that did not
+    /// parse: what it would have written is unknown.
+    fn check_fields(
+        &mut self,
+        source: Option<&Planned>,
+        stages: &[Option<Planned>],
+        sinks: &[Option<Planned>],
+    ) {
+        let Some(source) = source else { return };
         let mut available: BTreeSet<String> = source.config.writes().into_iter().collect();
         for stage in stages {
+            let Some(stage) = stage else { return };
             self.check_reads(stage, &available);
             for w in stage.config.writes() {
                 available.insert(w);
             }
         }
-        for sink in sinks {
+        for sink in sinks.iter().flatten() {
             self.check_reads(sink, &available);
         }
     }
@@ -705,9 +721,9 @@ impl Validator<'_> {
         }
     }
 
-    fn check_outputs(&mut self, sinks: &[Planned]) {
+    fn check_outputs(&mut self, sinks: &[Option<Planned>]) {
         let mut seen: Vec<(PathBuf, &Planned)> = Vec::new();
-        for sink in sinks {
+        for sink in sinks.iter().flatten() {
             for path in sink.config.outputs() {
                 let normal = normalise(&path);
                 if let Some((_, first)) = seen.iter().find(|(p, _)| *p == normal) {
