@@ -5,7 +5,9 @@
 //! masks) u8; the last three axes are spatial. Boxes are `[x1, y1, z1, x2, y2, z2]` in voxels
 //! with `x2` = last index + 1.
 
-use mtmed3d_pipeline::{Affine, Field, Sample, StageError};
+use std::sync::Arc;
+
+use mtmed3d_pipeline::{Affine, BoundingBox, Field, Sample, StageError};
 
 /// Names of the volume fields to move: the listed ones, or every volume (3D or 4D, f32 or u8)
 /// when no list is given.
@@ -20,13 +22,32 @@ pub fn volume_fields(sample: &Sample, listed: Option<&[String]>) -> Vec<String> 
     }
 }
 
-/// Names of the box fields of a sample.
-pub fn box_fields(sample: &Sample) -> Vec<String> {
-    sample
+/// Moves every box field of a sample with a spatial step: `corners` maps a box's corners to
+/// their new place, or `None` when the box leaves the volume (it is then dropped). Class and
+/// score are kept.
+pub fn map_boxes(
+    sample: &mut Sample,
+    corners: impl Fn(&[f64; 6]) -> Option<[f64; 6]>,
+) -> Result<(), StageError> {
+    let names: Vec<String> = sample
         .fields()
         .filter(|(_, f)| matches!(f, Field::Boxes(_)))
         .map(|(n, _)| n.to_string())
-        .collect()
+        .collect();
+    for name in names {
+        let moved: Vec<BoundingBox> = sample
+            .boxes(&name)?
+            .iter()
+            .filter_map(|b| {
+                corners(&b.corners).map(|c| BoundingBox {
+                    corners: c,
+                    ..b.clone()
+                })
+            })
+            .collect();
+        sample.insert(name, Field::Boxes(Arc::new(moved)));
+    }
+    Ok(())
 }
 
 /// The spatial shape (last three axes) of a volume field.

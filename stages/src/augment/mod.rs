@@ -33,10 +33,10 @@ pub use intensity::RandIntensity;
 pub use rot90::RandRot90;
 pub use rotate::RandRotate;
 
-use mtmed3d_pipeline::{Affine, BoundingBox, Field, Problem, Sample, StageError};
+use mtmed3d_pipeline::{Affine, Field, Problem, Sample, StageError};
 use ndarray::{ArrayD, Axis};
 
-use crate::fields::{box_fields, common_spatial_shape, flipped_affine, volume_fields};
+use crate::fields::{common_spatial_shape, flipped_affine, map_boxes, volume_fields};
 
 /// One exact voxel permutation on the spatial axes (0 = X, 1 = Y, 2 = Z).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,17 +133,7 @@ pub fn permute_sample(
         };
         sample.insert(name.clone(), moved);
     }
-    for name in box_fields(sample) {
-        let moved: Vec<BoundingBox> = sample
-            .boxes(&name)?
-            .iter()
-            .map(|b| BoundingBox {
-                corners: permute_box(&b.corners, shape, ops),
-                ..b.clone()
-            })
-            .collect();
-        sample.insert(name, Field::Boxes(moved.into()));
-    }
+    map_boxes(sample, |c| Some(permute_box(c, shape, ops)))?;
     sample.meta.affine = permute_affine(&sample.meta.affine, shape, ops);
     Ok(())
 }

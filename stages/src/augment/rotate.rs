@@ -24,8 +24,8 @@
 //! recompute boxes from the rotated label (the `boxes` stage) where exact boxes matter.
 
 use mtmed3d_pipeline::{
-    Affine, BoundingBox, BuildContext, Component, Field, Problem, Sample, SpatialOp, Stage,
-    StageConfig, StageContext, StageError,
+    Affine, BuildContext, Component, Field, Problem, Sample, SpatialOp, Stage, StageConfig,
+    StageContext, StageError,
 };
 use ndarray::{ArrayD, IxDyn};
 use rand::RngExt;
@@ -34,7 +34,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{check_fields, check_prob, listed, symmetric};
-use crate::fields::{box_fields, common_spatial_shape, compose, volume_fields};
+use crate::fields::{common_spatial_shape, compose, map_boxes, volume_fields};
 
 /// What a rotated voxel sees where it falls outside the input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -186,19 +186,7 @@ pub fn rotate_sample(
         };
         sample.insert(name.clone(), moved);
     }
-    for name in box_fields(sample) {
-        let moved: Vec<BoundingBox> = sample
-            .boxes(&name)?
-            .iter()
-            .filter_map(|b| {
-                rotate_box(&b.corners, shape, &r).map(|corners| BoundingBox {
-                    corners,
-                    ..b.clone()
-                })
-            })
-            .collect();
-        sample.insert(name, Field::Boxes(moved.into()));
-    }
+    map_boxes(sample, |c| rotate_box(c, shape, &r))?;
     sample.meta.affine = compose(&sample.meta.affine, &sampling_affine(&inv, centre));
     Ok(())
 }

@@ -14,20 +14,16 @@
 //! back in the original space. Boxes are shifted and clipped to the window; a box left with no
 //! extent is dropped (as MONAI's `spatial_crop_boxes`).
 
-use std::sync::Arc;
-
 use mtmed3d_pipeline::{
-    BoundingBox, BuildContext, Component, Field, Problem, Sample, SpatialOp, Stage, StageConfig,
-    StageContext, StageError,
+    BuildContext, Component, Field, Problem, Sample, SpatialOp, Stage, StageConfig, StageContext,
+    StageError,
 };
 use ndarray::{ArrayD, IxDyn, SliceInfoElem};
 use rand::RngExt;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::fields::{
-    bounds_where, box_fields, common_spatial_shape, shifted_affine, volume_fields,
-};
+use crate::fields::{bounds_where, common_spatial_shape, map_boxes, shifted_affine, volume_fields};
 
 /// Copies the window starting at `start` (negative or past the end = zero padding) with
 /// spatial `size` out of a volume whose last three axes are spatial.
@@ -60,23 +56,15 @@ pub fn crop_array<T: Clone + Default>(
     out
 }
 
-/// Shifts boxes into a window and clips them to it; boxes left empty are dropped.
-pub fn crop_boxes(boxes: &[BoundingBox], start: [i64; 3], size: [usize; 3]) -> Vec<BoundingBox> {
-    boxes
-        .iter()
-        .filter_map(|b| {
-            let mut c = b.corners;
-            for axis in 0..3 {
-                let s = start[axis] as f64;
-                c[axis] = (c[axis] - s).clamp(0.0, size[axis] as f64);
-                c[axis + 3] = (c[axis + 3] - s).clamp(0.0, size[axis] as f64);
-            }
-            (0..3).all(|a| c[a + 3] - c[a] >= 1.0).then(|| BoundingBox {
-                corners: c,
-                ..b.clone()
-            })
-        })
-        .collect()
+/// Shifts a box into a window and clips it to it; `None` when less than a voxel is left.
+pub fn crop_box(corners: &[f64; 6], start: [i64; 3], size: [usize; 3]) -> Option<[f64; 6]> {
+    let mut c = *corners;
+    for axis in 0..3 {
+        let s = start[axis] as f64;
+        c[axis] = (c[axis] - s).clamp(0.0, size[axis] as f64);
+        c[axis + 3] = (c[axis + 3] - s).clamp(0.0, size[axis] as f64);
+    }
+    (0..3).all(|a| c[a + 3] - c[a] >= 1.0).then_some(c)
 }
 
 /// Crops every selected volume and every box field of a sample to one window.
@@ -96,10 +84,7 @@ pub fn crop_sample(
         };
         sample.insert(name.clone(), cropped);
     }
-    for name in box_fields(sample) {
-        let moved = crop_boxes(sample.boxes(&name)?, start, size);
-        sample.insert(name, Field::Boxes(Arc::new(moved)));
-    }
+    map_boxes(sample, |c| crop_box(c, start, size))?;
     sample.meta.affine = shifted_affine(&sample.meta.affine, start);
     sample.meta.history.push(SpatialOp::Crop {
         start,
@@ -474,7 +459,9 @@ impl Stage for Patches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mtmed3d_pipeline::BoundingBox;
     use ndarray::Array3;
+    use std::sync::Arc;
 
     fn sample(shape: [usize; 3]) -> Sample {
         let mut s = Sample::new("case_1");

@@ -7,18 +7,16 @@
 //! Only flips and permutations: an oblique affine stays oblique, and the voxels are moved,
 //! never interpolated, so the step can be undone exactly (`nifti_write: {space: original}`).
 
-use std::sync::Arc;
-
 use mtmed3d_pipeline::{
-    BoundingBox, BuildContext, Component, Field, Problem, Sample, SpatialOp, Stage, StageConfig,
-    StageContext, StageError,
+    BuildContext, Component, Field, Problem, Sample, SpatialOp, Stage, StageConfig, StageContext,
+    StageError,
 };
 use ndarray::{ArrayD, Axis, Ix4};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::orientation::{AxCodes, Orientation, apply_orientation, plan_reorientation};
-use crate::fields::{box_fields, common_spatial_shape, volume_fields};
+use crate::fields::{common_spatial_shape, map_boxes, volume_fields};
 
 /// Reorients every volume (and box) of a sample.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -93,24 +91,21 @@ fn reorient_volume<T: Clone + Send + Sync>(
 
 /// Moves a box with the axes: output axis `o` is input axis `perm[o]`, reversed if `flip[o]`.
 fn reorient_box(
-    b: &BoundingBox,
+    corners: &[f64; 6],
     perm: [usize; 3],
     flip: [bool; 3],
     shape_before: [usize; 3],
-) -> BoundingBox {
+) -> [f64; 6] {
     let mut c = [0.0; 6];
     for o in 0..3 {
         let i = perm[o];
-        let (lo, hi) = (b.corners[i], b.corners[i + 3]);
+        let (lo, hi) = (corners[i], corners[i + 3]);
         let n = shape_before[i] as f64;
         let (lo, hi) = if flip[o] { (n - hi, n - lo) } else { (lo, hi) };
         c[o] = lo;
         c[o + 3] = hi;
     }
-    BoundingBox {
-        corners: c,
-        ..b.clone()
-    }
+    c
 }
 
 impl Stage for ReorientStage {
@@ -137,14 +132,7 @@ impl Stage for ReorientStage {
             perm[row.axis] = i;
             flip[row.axis] = row.flip;
         }
-        for name in box_fields(&sample) {
-            let moved: Vec<BoundingBox> = sample
-                .boxes(&name)?
-                .iter()
-                .map(|b| reorient_box(b, perm, flip, shape))
-                .collect();
-            sample.insert(name, Field::Boxes(Arc::new(moved)));
-        }
+        map_boxes(&mut sample, |c| Some(reorient_box(c, perm, flip, shape)))?;
         sample.meta.affine = affine;
         sample.meta.spacing = [0, 1, 2].map(|o| sample.meta.spacing[perm[o]]);
         sample.meta.history.push(SpatialOp::Reorient {
