@@ -9,6 +9,8 @@ pub mod fields;
 pub mod intensity;
 pub mod io;
 pub mod labels;
+#[cfg(feature = "learn")]
+pub mod learn;
 pub mod spatial;
 
 use mtmed3d_pipeline::Registry;
