@@ -17,13 +17,14 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 type Stored = Arc<Mutex<HashMap<String, (String, Sample)>>>;
+/// (id, epoch, seq, x, cache_hit) as the sink saw them.
+type Seen = (String, u32, u64, f32, bool);
 
 #[derive(Default)]
 struct Probe {
     loads: AtomicU64,
     prefix_calls: AtomicU64,
-    /// (id, epoch, seq, x, cache_hit) as the sink saw them.
-    seen: Mutex<Vec<(String, u32, u64, f32, bool)>>,
+    seen: Mutex<Vec<Seen>>,
     store: Stored,
 }
 
