@@ -143,24 +143,18 @@ impl Normalise {
         let selected = |v: f32| !keep_zero || v != 0.0;
         match self.mode {
             NormaliseMode::Zscore => {
-                let (mut n, mut sum) = (0u64, 0.0f64);
-                for &v in values.iter().filter(|v| selected(**v)) {
-                    n += 1;
-                    sum += f64::from(v);
-                }
-                if n == 0 {
+                let Some((mean, std)) = mean_std(&values, keep_zero) else {
                     return;
+                };
+                if let Some(slice) = values.as_slice_memory_order_mut() {
+                    // Branch-free over a contiguous slice, so the compiler vectorises it.
+                    for v in slice.iter_mut() {
+                        let z = ((f64::from(*v) - mean) / std) as f32;
+                        *v = if keep_zero && *v == 0.0 { 0.0 } else { z };
+                    }
+                } else {
+                    apply(&mut values, keep_zero, |v| (v - mean) / std);
                 }
-                let mean = sum / n as f64;
-                // Two passes: the one-pass formula loses precision on MRI-sized values.
-                let var = values
-                    .iter()
-                    .filter(|v| selected(**v))
-                    .map(|&v| (f64::from(v) - mean).powi(2))
-                    .sum::<f64>()
-                    / n as f64;
-                let std = if var > 0.0 { var.sqrt() } else { 1.0 };
-                apply(&mut values, keep_zero, |v| (v - mean) / std);
             }
             NormaliseMode::Window => {
                 let [lo, hi] = self.window.unwrap_or([0.0, 1.0]);
@@ -197,6 +191,73 @@ impl Normalise {
             }
         }
     }
+}
+
+/// Mean and standard deviation (population, as numpy's `std`) of the selected voxels (all,
+/// or the nonzero ones), in f64 with two passes: the one-pass formula loses precision on
+/// MRI-sized values. `None` when nothing is selected; a constant input has std 1.
+fn mean_std(values: &ArrayViewMutD<'_, f32>, nonzero_only: bool) -> Option<(f64, f64)> {
+    const LANES: usize = 8;
+    let (n, mean, var_sum) = if let Some(slice) = values.as_slice_memory_order() {
+        // Eight independent accumulators over fixed-size chunks: the loop vectorises and the
+        // sums stay in f64. Zeros add nothing to the sum, so only the count needs the mask.
+        let chunks = slice.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        let mut sums = [0.0f64; LANES];
+        let mut counts = [0u64; LANES];
+        for chunk in chunks.clone() {
+            for i in 0..LANES {
+                sums[i] += f64::from(chunk[i]);
+                counts[i] += u64::from(!nonzero_only || chunk[i] != 0.0);
+            }
+        }
+        let mut sum: f64 = sums.iter().sum();
+        let mut n: u64 = counts.iter().sum();
+        for &v in tail {
+            sum += f64::from(v);
+            n += u64::from(!nonzero_only || v != 0.0);
+        }
+        if n == 0 {
+            return None;
+        }
+        let mean = sum / n as f64;
+        let mut squares = [0.0f64; LANES];
+        for chunk in chunks {
+            for i in 0..LANES {
+                let d = f64::from(chunk[i]) - mean;
+                squares[i] += if nonzero_only && chunk[i] == 0.0 {
+                    0.0
+                } else {
+                    d * d
+                };
+            }
+        }
+        let mut var_sum: f64 = squares.iter().sum();
+        for &v in tail {
+            let d = f64::from(v) - mean;
+            var_sum += if nonzero_only && v == 0.0 { 0.0 } else { d * d };
+        }
+        (n, mean, var_sum)
+    } else {
+        let selected = |v: f32| !nonzero_only || v != 0.0;
+        let (mut n, mut sum) = (0u64, 0.0f64);
+        for &v in values.iter().filter(|v| selected(**v)) {
+            n += 1;
+            sum += f64::from(v);
+        }
+        if n == 0 {
+            return None;
+        }
+        let mean = sum / n as f64;
+        let var_sum = values
+            .iter()
+            .filter(|v| selected(**v))
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>();
+        (n, mean, var_sum)
+    };
+    let var = var_sum / n as f64;
+    Some((mean, if var > 0.0 { var.sqrt() } else { 1.0 }))
 }
 
 /// Applies `f` to every voxel, or only to nonzero voxels when `keep_zero`.

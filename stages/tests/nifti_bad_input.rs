@@ -424,6 +424,37 @@ fn nan_and_inf_voxels() {
 }
 
 #[test]
+fn integer_voxels_scaled_past_f32_are_reported_as_infinite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = volume_bytes(tmp.path(), false);
+    // scl_slope = 1e37: stored values of 35 and more no longer fit in f32.
+    bytes[112..116].copy_from_slice(&1.0e37f32.to_le_bytes());
+    let path = write_file(tmp.path(), "scaled.nii", &bytes);
+    let expected = (0..40 * 30 * 20)
+        .filter(|i| {
+            let (x, y, z) = (i / 600, (i / 20) % 30, i % 20);
+            (x * 7 + y * 13 + z * 31) % 1000 >= 35
+        })
+        .count();
+    let strict = ReadOptions {
+        non_finite: NonFinitePolicy::Error,
+        to_f32: true,
+        ..ReadOptions::default()
+    };
+    let err = read_nifti_with(&path, &strict).unwrap_err();
+    assert_names_file(&err, &path);
+    match err.kind() {
+        NiftiErrorKind::NonFinite { count, .. } => assert_eq!(*count, expected),
+        other => panic!("{other}"),
+    }
+    // Unscaled, the same voxels convert without a scan finding anything.
+    let plain = write_file(tmp.path(), "plain.nii", &volume_bytes(tmp.path(), false));
+    let img = read_nifti_with(&plain, &strict).unwrap();
+    assert_eq!(img.non_finite_count(), 0);
+    assert_eq!(img.into_f32()[[0, 1, 2, 3]], ((7 + 26 + 93) % 1000) as f32);
+}
+
+#[test]
 fn labels_are_checked() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Array4::from_shape_fn((1, 4, 4, 4), |(_, x, _, _)| (x % 3) as i16);

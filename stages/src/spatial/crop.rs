@@ -36,6 +36,9 @@ pub fn crop_array<T: Clone + Default>(
     let lead = n - 3;
     let mut shape = volume.shape().to_vec();
     shape[lead..].copy_from_slice(&size);
+    if let Some(out) = crop_inside_rows(volume, start, size, &shape) {
+        return out;
+    }
     let mut out = ArrayD::<T>::default(IxDyn(&shape));
     let mut src: Vec<SliceInfoElem> = vec![SliceInfoElem::from(..); lead];
     let mut dst = src.clone();
@@ -54,6 +57,38 @@ pub fn crop_array<T: Clone + Default>(
     out.slice_mut(dst.as_slice())
         .assign(&volume.slice(src.as_slice()));
     out
+}
+
+/// The common case of a window wholly inside a standard-layout volume, copied row by row
+/// (whole contiguous runs along the last axis) without first filling the output with
+/// padding; `None` otherwise.
+fn crop_inside_rows<T: Clone>(
+    volume: &ArrayD<T>,
+    start: [i64; 3],
+    size: [usize; 3],
+    out_shape: &[usize],
+) -> Option<ArrayD<T>> {
+    let data = volume.as_slice()?;
+    let n = volume.ndim();
+    let spatial = &volume.shape()[n - 3..];
+    let inside = (0..3).all(|a| start[a] >= 0 && start[a] as usize + size[a] <= spatial[a]);
+    if !inside {
+        return None;
+    }
+    let [ny, nz] = [spatial[1], spatial[2]];
+    let plane = spatial[0] * ny * nz;
+    let leading: usize = volume.shape()[..n - 3].iter().product();
+    let [x0, y0, z0] = start.map(|s| s as usize);
+    let mut out = Vec::with_capacity(leading * size.iter().product::<usize>());
+    for c in 0..leading {
+        for x in x0..x0 + size[0] {
+            for y in y0..y0 + size[1] {
+                let row = c * plane + (x * ny + y) * nz + z0;
+                out.extend_from_slice(&data[row..row + size[2]]);
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).ok()
 }
 
 /// Shifts a box into a window and clips it to it; `None` when less than a voxel is left.
@@ -466,6 +501,23 @@ mod tests {
     use mtmed3d_pipeline::BoundingBox;
     use ndarray::Array3;
     use std::sync::Arc;
+
+    #[test]
+    fn row_copies_equal_slicing_inside_and_padding_at_the_edges() {
+        let volume = ArrayD::from_shape_fn(IxDyn(&[2, 7, 6, 5]), |i| {
+            (i[0] * 1000 + i[1] * 100 + i[2] * 10 + i[3]) as i32
+        });
+        let inside = crop_array(&volume, [1, 2, 0], [4, 3, 5]);
+        let expected = volume.slice(ndarray::s![.., 1..5, 2..5, 0..5]).to_owned();
+        assert_eq!(inside, expected.into_dyn());
+        // A window that pads: the padded part is zero, the rest the same voxels.
+        let padded = crop_array(&volume, [-1, 0, 3], [3, 6, 4]);
+        assert_eq!(padded.shape(), &[2, 3, 6, 4]);
+        assert_eq!(padded[[1, 0, 2, 1]], 0);
+        assert_eq!(padded[[1, 1, 2, 1]], volume[[1, 0, 2, 4]]);
+        assert_eq!(padded[[0, 2, 5, 0]], volume[[0, 1, 5, 3]]);
+        assert_eq!(padded[[0, 2, 5, 2]], 0);
+    }
 
     fn sample(shape: [usize; 3]) -> Sample {
         let mut s = Sample::new("case_1");

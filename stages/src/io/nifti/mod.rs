@@ -30,6 +30,7 @@
 mod data;
 mod error;
 mod header;
+mod inflate;
 mod read;
 mod write;
 

@@ -5,6 +5,8 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
+
+use super::inflate::gunzip_single_member;
 use ndarray::Array4;
 
 use super::data::{
@@ -209,6 +211,14 @@ pub fn read_nifti_bytes(
     options: &ReadOptions,
 ) -> Result<NiftiImage, NiftiError> {
     let name = name.as_ref();
+    if let Some(isize) = gz_isize(bytes)
+        && bytes.starts_with(&GZIP_MAGIC)
+        && plausible_gzip_size(bytes.len() as u64, isize)
+        && let Some(data) = gunzip_single_member(bytes, isize as usize)
+    {
+        let mut source = Source::inflated(data);
+        return read_single(&mut source, name, options).map_err(|k| NiftiError::new(name, k));
+    }
     let mut source = Source::from_reader(
         BufReader::new(io::Cursor::new(bytes)),
         Some(bytes.len() as u64),
@@ -339,7 +349,40 @@ impl<'a> Source<'a> {
         } else {
             None
         };
+        if let Some(isize) = isize
+            && plausible_gzip_size(len, isize)
+        {
+            let mut head = [0u8; 2];
+            file.read_exact(&mut head).map_err(NiftiErrorKind::Io)?;
+            file.seek(SeekFrom::Start(0)).map_err(NiftiErrorKind::Io)?;
+            if head == GZIP_MAGIC {
+                let mut bytes = Vec::new();
+                bytes
+                    .try_reserve_exact(len as usize)
+                    .map_err(|_| NiftiErrorKind::Io(io::ErrorKind::OutOfMemory.into()))?;
+                file.read_to_end(&mut bytes).map_err(NiftiErrorKind::Io)?;
+                return Ok(match gunzip_single_member(&bytes, isize as usize) {
+                    Some(data) => Source::inflated(data),
+                    None => Source::from_reader(
+                        BufReader::new(io::Cursor::new(bytes)),
+                        Some(len),
+                        Some(isize),
+                    )?,
+                });
+            }
+        }
         Source::from_reader(BufReader::with_capacity(1 << 18, file), Some(len), isize)
+    }
+
+    /// A gzip file already decompressed whole: its exact length is known.
+    fn inflated(data: Vec<u8>) -> Source<'static> {
+        Source {
+            len_hint: Some(data.len() as u64),
+            reader: Box::new(io::Cursor::new(data)),
+            gzip: true,
+            len_exact: true,
+            pos: 0,
+        }
     }
 
     fn from_reader<R: BufRead + 'a>(
@@ -367,6 +410,16 @@ impl<'a> Source<'a> {
             }
         })
     }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Whether a gzip file of `len` bytes whose trailer says `isize` is worth inflating whole:
+/// small enough to hold twice in memory, and a ratio deflate can produce (at most about
+/// 1032:1), so a garbage trailer cannot make us allocate gigabytes.
+fn plausible_gzip_size(len: u64, isize: u32) -> bool {
+    let isize = u64::from(isize);
+    len >= 18 && len <= 1 << 31 && isize > 0 && isize <= 1 << 31 && isize <= len * 1032
 }
 
 /// The gzip ISIZE trailer of an in-memory file.
@@ -500,7 +553,7 @@ fn read_extensions(
             expected: len,
             offset: source.pos,
             found,
-            gzip: false,
+            gzip: source.gzip,
         });
     }
     if len > options.max_data_bytes {
@@ -566,7 +619,7 @@ fn check_sizes(
         expected,
         offset: start,
         found: len.saturating_sub(start),
-        gzip: false,
+        gzip: source.gzip,
     };
     if len < offset {
         Err(truncated(
@@ -619,6 +672,21 @@ fn read_voxels(
     }
     let big = header.endianness == Endianness::Big;
     let mut header = header;
+    // Integers converted to f32 are finite unless the scaling overflows f32: skip the scan
+    // for NaN/Inf then (it costs as much as a pass over the volume).
+    let may_be_non_finite = match header.datatype {
+        DataType::F32 | DataType::F64 => true,
+        stored => {
+            let (slope, inter) = header.scaling()?.unwrap_or((1.0, 0.0));
+            let largest = match stored {
+                DataType::U8 | DataType::I8 => 255.0,
+                DataType::I16 | DataType::U16 => 65_535.0,
+                DataType::I32 | DataType::U32 => 4_294_967_295.0,
+                _ => 18_446_744_073_709_551_615.0,
+            };
+            !(largest * slope.abs() + inter.abs() < f64::from(f32::MAX))
+        }
+    };
     let mut data = if options.to_f32 {
         let scaling = header.scaling()?;
         let f = match header.datatype {
@@ -653,7 +721,11 @@ fn read_voxels(
         }
     };
     drop(raw);
-    let non_finite = apply_non_finite_policy(&mut data, path, options.non_finite)?;
+    let non_finite = if may_be_non_finite {
+        apply_non_finite_policy(&mut data, path, options.non_finite)?
+    } else {
+        0
+    };
     let affine = header.affine()?;
     Ok(NiftiImage {
         path: path.to_path_buf(),

@@ -1,0 +1,90 @@
+//! Whole-file gzip decompression with libdeflate.
+//!
+//! A `.nii.gz` is nearly always one gzip member whose trailer gives the decompressed size,
+//! so the whole file can be inflated in one call into a buffer of exactly that size.
+//! libdeflate does that about 1.7× faster than streaming zlib-rs on BraTS volumes (measured
+//! on the four modalities of a 240×240×155 case: 115 ms against 200 ms), and gzip
+//! decompression is the largest single cost of decoding. Anything unusual (several members,
+//! a wrong trailer, corrupt data) returns `None`, and the caller decodes the stream with
+//! flate2, which reports errors with their position.
+
+use std::os::raw::c_void;
+
+use libdeflate_sys::{
+    libdeflate_alloc_decompressor, libdeflate_free_decompressor, libdeflate_gzip_decompress_ex,
+    libdeflate_result_LIBDEFLATE_SUCCESS,
+};
+
+/// The decompressed bytes when `input` is exactly one gzip member of `expected` bytes.
+pub(crate) fn gunzip_single_member(input: &[u8], expected: usize) -> Option<Vec<u8>> {
+    struct Decompressor(*mut libdeflate_sys::libdeflate_decompressor);
+    impl Drop for Decompressor {
+        fn drop(&mut self) {
+            // SAFETY: allocated by libdeflate_alloc_decompressor and freed once.
+            unsafe { libdeflate_free_decompressor(self.0) }
+        }
+    }
+    // SAFETY: no preconditions; null means out of memory.
+    let decompressor = Decompressor(unsafe { libdeflate_alloc_decompressor() });
+    if decompressor.0.is_null() {
+        return None;
+    }
+    let mut out: Vec<u8> = Vec::new();
+    out.try_reserve_exact(expected).ok()?;
+    let (mut read, mut written) = (0usize, 0usize);
+    // SAFETY: `input` is valid for `input.len()` bytes; `out` has capacity for `expected`
+    // bytes, libdeflate writes at most that many and reports how many it wrote.
+    let result = unsafe {
+        libdeflate_gzip_decompress_ex(
+            decompressor.0,
+            input.as_ptr() as *const c_void,
+            input.len(),
+            out.as_mut_ptr() as *mut c_void,
+            expected,
+            &mut read,
+            &mut written,
+        )
+    };
+    if result != libdeflate_result_LIBDEFLATE_SUCCESS || read != input.len() || written != expected
+    {
+        return None;
+    }
+    // SAFETY: libdeflate initialised the first `written` == `expected` bytes.
+    unsafe { out.set_len(expected) };
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::new(6));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn one_member_inflates_and_anything_else_declines() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let one = gzip(&data);
+        assert_eq!(
+            gunzip_single_member(&one, data.len()).as_deref(),
+            Some(&data[..])
+        );
+        // A wrong size, two members, a truncated or corrupted file: not handled here.
+        assert!(gunzip_single_member(&one, data.len() - 1).is_none());
+        assert!(gunzip_single_member(&one, data.len() + 1).is_none());
+        let mut two = one.clone();
+        two.extend_from_slice(&gzip(&data[..1000]));
+        assert!(gunzip_single_member(&two, data.len() + 1000).is_none());
+        assert!(gunzip_single_member(&one[..one.len() / 2], data.len()).is_none());
+        let mut bad = one.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        assert!(gunzip_single_member(&bad, data.len()).is_none());
+    }
+}
