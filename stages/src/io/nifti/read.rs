@@ -419,7 +419,7 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// 1032:1), so a garbage trailer cannot make us allocate gigabytes.
 fn plausible_gzip_size(len: u64, isize: u32) -> bool {
     let isize = u64::from(isize);
-    len >= 18 && len <= 1 << 31 && isize > 0 && isize <= 1 << 31 && isize <= len * 1032
+    (18..=1 << 31).contains(&len) && (1..=1 << 31).contains(&isize) && isize <= len * 1032
 }
 
 /// The gzip ISIZE trailer of an in-memory file.
@@ -684,7 +684,9 @@ fn read_voxels(
                 DataType::I32 | DataType::U32 => 4_294_967_295.0,
                 _ => 18_446_744_073_709_551_615.0,
             };
-            !(largest * slope.abs() + inter.abs() < f64::from(f32::MAX))
+            // NaN scaling (already rejected when parsing) would also count as possible.
+            let bound = largest * slope.abs() + inter.abs();
+            bound.is_nan() || bound >= f64::from(f32::MAX)
         }
     };
     let mut data = if options.to_f32 {
