@@ -42,7 +42,10 @@ enum Convention {
 }
 
 pub fn run(args: EvaluateArgs) -> Result<u8> {
-    anyhow::ensure!(args.max_detections > 0, "--max-detections must be at least 1");
+    anyhow::ensure!(
+        args.max_detections > 0,
+        "--max-detections must be at least 1"
+    );
     let options = EvaluateOptions {
         convention: match args.label_convention {
             Convention::Brats2018 => BratsConvention::Brats2018,

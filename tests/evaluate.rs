@@ -22,12 +22,22 @@ fn stderr(o: &Output) -> String {
 fn phantoms(dir: &Path) -> Vec<(String, String, PathBuf)> {
     let truth = dir.join("truth");
     let o = mtmed3d(&[
-        "phantom", "--out", truth.to_str().unwrap(), "--cases", "3", "--shape", "48,48,32", "--seed", "5",
+        "phantom",
+        "--out",
+        truth.to_str().unwrap(),
+        "--cases",
+        "3",
+        "--shape",
+        "48,48,32",
+        "--seed",
+        "5",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut cases = Vec::new();
     for grade in ["HGG", "LGG"] {
-        let Ok(entries) = std::fs::read_dir(truth.join(grade)) else { continue };
+        let Ok(entries) = std::fs::read_dir(truth.join(grade)) else {
+            continue;
+        };
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
             let seg = e.path().join(format!("{id}_seg.nii.gz"));
@@ -92,7 +102,16 @@ fn the_truth_scores_perfectly_and_an_empty_prediction_scores_zero() {
     let (o, m) = evaluate(dir.path(), &["--csv", csv.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = m.unwrap();
-    for key in ["dice_wt", "dice_tc", "dice_et", "accuracy", "map_10_50", "mar_10_50", "map_50", "mar_50"] {
+    for key in [
+        "dice_wt",
+        "dice_tc",
+        "dice_et",
+        "accuracy",
+        "map_10_50",
+        "mar_10_50",
+        "map_50",
+        "mar_50",
+    ] {
         assert_eq!(m["aggregate"][key], 1.0, "{key}");
     }
     for key in ["hd95_wt", "hd95_tc", "hd95_et"] {
@@ -107,11 +126,22 @@ fn the_truth_scores_perfectly_and_an_empty_prediction_scores_zero() {
     let (id, _, seg) = &cases[1];
     let img = read_nifti(seg).unwrap();
     let zeros = ndarray::Array4::<u8>::zeros(img.shape());
-    write_nifti(pred.join(format!("{id}.nii.gz")), zeros.view(), &img.affine(), &WriteOptions::default()).unwrap();
+    write_nifti(
+        pred.join(format!("{id}.nii.gz")),
+        zeros.view(),
+        &img.affine(),
+        &WriteOptions::default(),
+    )
+    .unwrap();
     let (o, m) = evaluate(dir.path(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = m.unwrap();
-    let case = m["cases"].as_array().unwrap().iter().find(|c| c["case"] == id.as_str()).unwrap();
+    let case = m["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["case"] == id.as_str())
+        .unwrap();
     assert_eq!(case["dice_wt"], 0.0);
     assert_eq!(case["hd95_wt"], 373.13);
     let dice = m["aggregate"]["dice_wt"].as_f64().unwrap();
@@ -133,16 +163,25 @@ fn a_missing_prediction_is_an_error_naming_the_case_unless_scored_empty() {
     assert_eq!(o.status.code(), Some(1));
     assert!(m.is_none());
     let e = stderr(&o);
-    assert!(e.contains(&format!("case `{id}` has no prediction: expected")), "{e}");
+    assert!(
+        e.contains(&format!("case `{id}` has no prediction: expected")),
+        "{e}"
+    );
     assert!(e.contains("--missing-as-empty"), "{e}");
 
     let (o, m) = evaluate(dir.path(), &["--missing-as-empty"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = m.unwrap();
     assert!((m["aggregate"]["dice_wt"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
-    assert!((m["aggregate"]["accuracy"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12, "the missing grade counts as wrong");
+    assert!(
+        (m["aggregate"]["accuracy"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12,
+        "the missing grade counts as wrong"
+    );
     assert!((m["aggregate"]["mar_50"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-6);
-    assert_eq!(m["settings"]["missing_predictions_scored_empty"], json!([id]));
+    assert_eq!(
+        m["settings"]["missing_predictions_scored_empty"],
+        json!([id])
+    );
 }
 
 #[test]
@@ -160,7 +199,10 @@ fn a_prediction_of_another_shape_is_refused_with_both_files_named() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
-        e.contains(&format!("case `{id}`: prediction {} has shape [40, 48, 32] but the truth", path.display())),
+        e.contains(&format!(
+            "case `{id}`: prediction {} has shape [40, 48, 32] but the truth",
+            path.display()
+        )),
         "{e}"
     );
     assert!(e.contains("has [48, 48, 32]"), "{e}");

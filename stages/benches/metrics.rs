@@ -22,7 +22,9 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let Some(dir) = args.first().map(std::path::PathBuf::from) else {
-        eprintln!("usage: cargo bench -p mtmed3d-stages --bench metrics -- DIR [CASES] (or bash benches/metrics.sh)");
+        eprintln!(
+            "usage: cargo bench -p mtmed3d-stages --bench metrics -- DIR [CASES] (or bash benches/metrics.sh)"
+        );
         return;
     };
     let cases: usize = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(3);
@@ -72,7 +74,12 @@ fn main() {
     for _ in 0..5 {
         let start = Instant::now();
         for (id, truth, pred) in &pairs {
-            let s = score_label_maps(pred.view(), truth.view(), spacing, BratsConvention::Brats2018);
+            let s = score_label_maps(
+                pred.view(),
+                truth.view(),
+                spacing,
+                BratsConvention::Brats2018,
+            );
             values.insert(
                 id.clone(),
                 serde_json::json!({

@@ -90,7 +90,11 @@ fn make_cases(root: &Path, seed: u64, count: usize) {
         let spacing = match index % 3 {
             0 => [1.0, 1.0, 1.0],
             1 => [0.9, 1.3, 2.5],
-            _ => [rng.random_range(0.5..2.0), rng.random_range(0.5..2.0), rng.random_range(0.5..4.0)],
+            _ => [
+                rng.random_range(0.5..2.0),
+                rng.random_range(0.5..2.0),
+                rng.random_range(0.5..4.0),
+            ],
         };
         let grade = if index % 2 == 0 { "HGG" } else { "LGG" };
         let truth = if index == 3 {
@@ -104,12 +108,31 @@ fn make_cases(root: &Path, seed: u64, count: usize) {
             _ if rng.random_bool(0.3) => tumour(&mut rng, shape, 0.02),
             _ => {
                 // the truth, shifted and with noise
-                let shift = [rng.random_range(-2i64..3), rng.random_range(-2i64..3), rng.random_range(-1i64..2)];
+                let shift = [
+                    rng.random_range(-2i64..3),
+                    rng.random_range(-2i64..3),
+                    rng.random_range(-1i64..2),
+                ];
                 Array3::from_shape_fn(shape, |(i, j, k)| {
-                    let src = [i as i64 - shift[0], j as i64 - shift[1], k as i64 - shift[2]];
-                    let inside = src.iter().zip([shape.0, shape.1, shape.2]).all(|(&s, n)| s >= 0 && (s as usize) < n);
-                    let v = if inside { truth[[src[0] as usize, src[1] as usize, src[2] as usize]] } else { 0 };
-                    if rng.random_bool(0.02) { [0, 1, 2, 4][rng.random_range(0..4)] } else { v }
+                    let src = [
+                        i as i64 - shift[0],
+                        j as i64 - shift[1],
+                        k as i64 - shift[2],
+                    ];
+                    let inside = src
+                        .iter()
+                        .zip([shape.0, shape.1, shape.2])
+                        .all(|(&s, n)| s >= 0 && (s as usize) < n);
+                    let v = if inside {
+                        truth[[src[0] as usize, src[1] as usize, src[2] as usize]]
+                    } else {
+                        0
+                    };
+                    if rng.random_bool(0.02) {
+                        [0, 1, 2, 4][rng.random_range(0..4)]
+                    } else {
+                        v
+                    }
                 })
             }
         };
@@ -117,10 +140,18 @@ fn make_cases(root: &Path, seed: u64, count: usize) {
         std::fs::create_dir_all(&case_dir).unwrap();
         write_label(&case_dir.join(format!("{id}_seg.nii.gz")), &truth, spacing);
         std::fs::create_dir_all(root.join("pred")).unwrap();
-        write_label(&root.join("pred").join(format!("{id}.nii.gz")), &pred, spacing);
+        write_label(
+            &root.join("pred").join(format!("{id}.nii.gz")),
+            &pred,
+            spacing,
+        );
 
         let mut boxes = Vec::new();
-        let n_boxes = if index % 5 == 2 { 0 } else { rng.random_range(1..5) };
+        let n_boxes = if index % 5 == 2 {
+            0
+        } else {
+            rng.random_range(1..5)
+        };
         for _ in 0..n_boxes {
             let b = match wt_box(&truth) {
                 Some(t) if rng.random_bool(0.7) => {
@@ -136,11 +167,22 @@ fn make_cases(root: &Path, seed: u64, count: usize) {
                 _ => {
                     let lo: [f64; 3] = std::array::from_fn(|_| rng.random_range(0.0..20.0));
                     let size: [f64; 3] = std::array::from_fn(|_| rng.random_range(1.0..15.0));
-                    [lo[0], lo[1], lo[2], lo[0] + size[0], lo[1] + size[1], lo[2] + size[2]]
+                    [
+                        lo[0],
+                        lo[1],
+                        lo[2],
+                        lo[0] + size[0],
+                        lo[1] + size[1],
+                        lo[2] + size[2],
+                    ]
                 }
             };
             // a few tied scores exercise the stable order
-            let score = if rng.random_bool(0.15) { 0.5 } else { rng.random::<f64>() };
+            let score = if rng.random_bool(0.15) {
+                0.5
+            } else {
+                rng.random::<f64>()
+            };
             boxes.push(json!({"box": b, "score": score}));
         }
         let right = rng.random_bool(0.7);
@@ -149,7 +191,11 @@ fn make_cases(root: &Path, seed: u64, count: usize) {
             _ => "LGG",
         };
         let doc = json!({"boxes": boxes, "grade": pred_grade, "p_hgg": rng.random::<f64>()});
-        std::fs::write(root.join("pred").join(format!("{id}.json")), doc.to_string()).unwrap();
+        std::fs::write(
+            root.join("pred").join(format!("{id}.json")),
+            doc.to_string(),
+        )
+        .unwrap();
     }
 }
 
@@ -200,22 +246,46 @@ fn metrics_equal_the_oracles_on_random_cases() {
             return;
         };
         let keys = [
-            "dice_wt", "dice_tc", "dice_et", "hd95_wt", "hd95_tc", "hd95_et", "accuracy",
-            "sensitivity", "specificity", "map_10_50", "mar_10_50", "map_50", "mar_50",
+            "dice_wt",
+            "dice_tc",
+            "dice_et",
+            "hd95_wt",
+            "hd95_tc",
+            "hd95_et",
+            "accuracy",
+            "sensitivity",
+            "specificity",
+            "map_10_50",
+            "mar_10_50",
+            "map_50",
+            "mar_50",
         ];
         for key in keys {
-            close(report.get(key), &oracle["aggregate"][key], &format!("seed {seed}, {key}"));
+            close(
+                report.get(key),
+                &oracle["aggregate"][key],
+                &format!("seed {seed}, {key}"),
+            );
         }
         let cases = report.to_json(true)["cases"].clone();
         assert_eq!(cases.as_array().unwrap().len(), 14);
         for case in cases.as_array().unwrap() {
             let id = case["case"].as_str().unwrap();
             for key in &keys[..6] {
-                close(case[*key].as_f64(), &oracle["cases"][id][*key], &format!("seed {seed}, {id}, {key}"));
+                close(
+                    case[*key].as_f64(),
+                    &oracle["cases"][id][*key],
+                    &format!("seed {seed}, {id}, {key}"),
+                );
             }
         }
         // The generated cases must exercise what they claim to.
-        let hd: Vec<f64> = cases.as_array().unwrap().iter().map(|c| c["hd95_wt"].as_f64().unwrap()).collect();
+        let hd: Vec<f64> = cases
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["hd95_wt"].as_f64().unwrap())
+            .collect();
         assert!(hd.contains(&373.13), "an empty-versus-tumour case");
         assert!(report.get("map_10_50").unwrap() > 0.0 && report.get("map_10_50").unwrap() < 1.0);
     }

@@ -93,7 +93,15 @@ mod tests {
     #[test]
     fn counts_and_rates() {
         let c = Confusion::from_pairs([(Hgg, Hgg), (Hgg, Lgg), (Hgg, Hgg), (Lgg, Lgg), (Lgg, Hgg)]);
-        assert_eq!(c, Confusion { tp: 2, fp: 1, tn: 1, fn_: 1 });
+        assert_eq!(
+            c,
+            Confusion {
+                tp: 2,
+                fp: 1,
+                tn: 1,
+                fn_: 1
+            }
+        );
         assert_eq!(c.accuracy(), Some(0.6));
         assert_eq!(c.sensitivity(), Some(2.0 / 3.0));
         assert_eq!(c.specificity(), Some(0.5));

@@ -65,7 +65,11 @@ pub fn iou_thresholds() -> Vec<f64> {
 }
 
 /// Matches of one case at every threshold: `(scores sorted, matched[t][d], truth count)`.
-fn match_case(case: &CaseBoxes, thresholds: &[f64], max_detections: usize) -> (Vec<f64>, Vec<Vec<bool>>) {
+fn match_case(
+    case: &CaseBoxes,
+    thresholds: &[f64],
+    max_detections: usize,
+) -> (Vec<f64>, Vec<Vec<bool>>) {
     let mut order: Vec<usize> = (0..case.predicted.len()).collect();
     // Stable: equal scores keep their input order, as numpy's mergesort.
     order.sort_by(|&a, &b| case.predicted[b].score.total_cmp(&case.predicted[a].score));
@@ -212,7 +216,13 @@ mod tests {
     #[test]
     fn perfect_detections_score_one_and_misses_lower_recall() {
         let g = [1.0, 1.0, 1.0, 5.0, 5.0, 5.0];
-        let perfect = vec![CaseBoxes { predicted: vec![det(g, 0.9)], truth: vec![g] }; 3];
+        let perfect = vec![
+            CaseBoxes {
+                predicted: vec![det(g, 0.9)],
+                truth: vec![g]
+            };
+            3
+        ];
         let s = coco_summary(&perfect, 100);
         assert_eq!((s.map_10_50, s.mar_10_50), (Some(1.0), Some(1.0)));
         let mut missed = perfect.clone();
@@ -220,12 +230,19 @@ mod tests {
         let s = coco_summary(&missed, 100);
         assert!((s.mar_50.unwrap() - 2.0 / 3.0).abs() < 1e-6);
         // precision 1 up to recall 2/3: points 0.00..=0.66 (67 of 101)
-        assert!((s.map_50.unwrap() - 67.0 / 101.0).abs() < 1e-9, "{:?}", s.map_50);
+        assert!(
+            (s.map_50.unwrap() - 67.0 / 101.0).abs() < 1e-9,
+            "{:?}",
+            s.map_50
+        );
     }
 
     #[test]
     fn no_truth_box_anywhere_gives_no_value() {
-        let c = vec![CaseBoxes { predicted: vec![det([0.0; 6], 0.5)], truth: vec![] }];
+        let c = vec![CaseBoxes {
+            predicted: vec![det([0.0; 6], 0.5)],
+            truth: vec![],
+        }];
         assert_eq!(coco_summary(&c, 100).map_10_50, None);
     }
 }

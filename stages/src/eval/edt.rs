@@ -114,7 +114,11 @@ mod tests {
             points
                 .iter()
                 .map(|p| {
-                    let d = [i as f64 - p[0] as f64, j as f64 - p[1] as f64, k as f64 - p[2] as f64];
+                    let d = [
+                        i as f64 - p[0] as f64,
+                        j as f64 - p[1] as f64,
+                        k as f64 - p[2] as f64,
+                    ];
                     (0..3).map(|a| (d[a] * spacing[a]).powi(2)).sum::<f64>()
                 })
                 .fold(f64::INFINITY, f64::min)
@@ -125,12 +129,19 @@ mod tests {
     fn matches_brute_force_with_anisotropic_spacing() {
         use rand::{RngExt, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for (density, spacing) in [(0.02, [1.0, 1.0, 1.0]), (0.1, [0.7, 1.3, 2.9]), (0.003, [2.0, 0.5, 1.0])] {
+        for (density, spacing) in [
+            (0.02, [1.0, 1.0, 1.0]),
+            (0.1, [0.7, 1.3, 2.9]),
+            (0.003, [2.0, 0.5, 1.0]),
+        ] {
             let sites = Array3::from_shape_simple_fn((13, 9, 11), || rng.random::<f64>() < density);
             let fast = squared_edt(sites.view(), spacing);
             let slow = brute(&sites, spacing);
             for (a, b) in fast.iter().zip(slow.iter()) {
-                assert!((a - b).abs() < 1e-9 || (a.is_infinite() && b.is_infinite()), "{a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-9 || (a.is_infinite() && b.is_infinite()),
+                    "{a} vs {b}"
+                );
             }
         }
     }
@@ -138,7 +149,11 @@ mod tests {
     #[test]
     fn no_site_gives_infinity_and_one_site_gives_distances_to_it() {
         let none = Array3::from_elem((3, 4, 5), false);
-        assert!(squared_edt(none.view(), [1.0; 3]).iter().all(|v| v.is_infinite()));
+        assert!(
+            squared_edt(none.view(), [1.0; 3])
+                .iter()
+                .all(|v| v.is_infinite())
+        );
         let mut one = none.clone();
         one[[0, 0, 0]] = true;
         let d = squared_edt(one.view(), [1.0, 2.0, 3.0]);

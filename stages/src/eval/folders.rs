@@ -181,8 +181,12 @@ pub fn check_labels(
         return Ok(());
     }
     let hint = match (convention, bad.as_slice()) {
-        (BratsConvention::Brats2018, [3]) => " (BraTS 2023 labels? use --label-convention brats2023)",
-        (BratsConvention::Brats2023, [4]) => " (BraTS 2018–2020 labels? use --label-convention brats2018)",
+        (BratsConvention::Brats2018, [3]) => {
+            " (BraTS 2023 labels? use --label-convention brats2023)"
+        }
+        (BratsConvention::Brats2023, [4]) => {
+            " (BraTS 2018–2020 labels? use --label-convention brats2018)"
+        }
         _ => "",
     };
     Err(format!(
@@ -202,7 +206,10 @@ pub fn read_prediction_file(path: &Path) -> Result<PredictionFile, String> {
     for (i, b) in p.boxes.iter().flatten().enumerate() {
         let c = &b.corners;
         if !c.iter().all(|v| v.is_finite()) || !b.score.is_finite() {
-            return Err(format!("{}: box {i} has a non-finite value", path.display()));
+            return Err(format!(
+                "{}: box {i} has a non-finite value",
+                path.display()
+            ));
         }
         if (0..3).any(|d| c[d + 3] < c[d]) {
             return Err(format!(
@@ -222,7 +229,10 @@ pub fn read_prediction_file(path: &Path) -> Result<PredictionFile, String> {
     if let Some(q) = p.p_hgg
         && !(0.0..=1.0).contains(&q)
     {
-        return Err(format!("{}: p_hgg {q} is not a probability", path.display()));
+        return Err(format!(
+            "{}: p_hgg {q} is not a probability",
+            path.display()
+        ));
     }
     Ok(p)
 }
@@ -239,7 +249,11 @@ fn evaluate_case(
 ) -> Result<(CaseResult, bool), String> {
     let id = &truth.id;
     let (truth_labels, truth_affine, spacing) = read_labels(&truth.seg)?;
-    check_labels(&truth_labels, options.convention, &truth.seg.display().to_string())?;
+    check_labels(
+        &truth_labels,
+        options.convention,
+        &truth.seg.display().to_string(),
+    )?;
     let pred_nii = existing(pred_dir, &[format!("{id}.nii.gz"), format!("{id}.nii")]);
     let pred_json = pred_dir.join(format!("{id}.json"));
     let (pred_labels, file, missing) = match pred_nii {
@@ -343,7 +357,10 @@ pub fn evaluate_folders(
     // and a grade only when the other predictions have them, so that detection and
     // classification are scored as they would be without it.
     let present = |f: fn(&CaseResult) -> bool| results.iter().any(|(c, m)| !m && f(c));
-    let (with_boxes, with_grade) = (present(|c| c.boxes.is_some()), present(|c| c.grade_pred.is_some()));
+    let (with_boxes, with_grade) = (
+        present(|c| c.boxes.is_some()),
+        present(|c| c.grade_pred.is_some()),
+    );
     let mut results = results;
     for (c, m) in results.iter_mut().filter(|(_, m)| *m) {
         debug_assert!(*m);

@@ -137,9 +137,7 @@ impl Report {
                 ));
             }
             Some(Confusion::from_pairs(
-                cases
-                    .iter()
-                    .filter_map(|c| Some((c.grade?, c.grade_pred?))),
+                cases.iter().filter_map(|c| Some((c.grade?, c.grade_pred?))),
             ))
         } else {
             None
@@ -241,8 +239,18 @@ impl Report {
     /// One row per case, then a `mean` row with the aggregates.
     pub fn to_csv(&self) -> String {
         const COLUMNS: [&str; 12] = [
-            "dice_wt", "dice_tc", "dice_et", "hd95_wt", "hd95_tc", "hd95_et", "grade",
-            "grade_pred", "p_hgg", "truth_boxes", "detections", "top_iou",
+            "dice_wt",
+            "dice_tc",
+            "dice_et",
+            "hd95_wt",
+            "hd95_tc",
+            "hd95_et",
+            "grade",
+            "grade_pred",
+            "p_hgg",
+            "truth_boxes",
+            "detections",
+            "top_iou",
         ];
         let cell = |v: &Value| match v {
             Value::Null => String::new(),
@@ -309,7 +317,10 @@ mod tests {
     }
 
     fn case(id: &str, dice: f64, grade: Grade, pred: Grade) -> CaseResult {
-        let s = RegionScore { dice, hd95: 2.0 * dice };
+        let s = RegionScore {
+            dice,
+            hd95: 2.0 * dice,
+        };
         CaseResult {
             regions: Some([s; 3]),
             grade: Some(grade),
@@ -321,7 +332,10 @@ mod tests {
     #[test]
     fn means_and_counts() {
         let r = Report::new(
-            vec![case("b", 0.5, Grade::Hgg, Grade::Hgg), case("a", 1.0, Grade::Lgg, Grade::Hgg)],
+            vec![
+                case("b", 0.5, Grade::Hgg, Grade::Hgg),
+                case("a", 1.0, Grade::Lgg, Grade::Hgg),
+            ],
             settings(),
         )
         .unwrap();
@@ -333,14 +347,21 @@ mod tests {
         assert_eq!(r.get("map_50"), None, "no boxes given: null, not 0");
         let csv = r.to_csv();
         assert_eq!(csv.lines().count(), 4);
-        assert!(csv.lines().nth(3).unwrap().starts_with("mean,0.75,0.75,0.75,1.5,"), "{csv}");
+        assert!(
+            csv.lines()
+                .nth(3)
+                .unwrap()
+                .starts_with("mean,0.75,0.75,0.75,1.5,"),
+            "{csv}"
+        );
     }
 
     #[test]
     fn a_part_missing_for_one_case_is_an_error_naming_it() {
         let mut b = case("b", 0.5, Grade::Hgg, Grade::Hgg);
         b.grade_pred = None;
-        let e = Report::new(vec![case("a", 1.0, Grade::Lgg, Grade::Lgg), b], settings()).unwrap_err();
+        let e =
+            Report::new(vec![case("a", 1.0, Grade::Lgg, Grade::Lgg), b], settings()).unwrap_err();
         assert!(e.starts_with("case `b` has no predicted grade"), "{e}");
     }
 
@@ -350,8 +371,14 @@ mod tests {
         let c = CaseResult {
             boxes: Some(CaseBoxes {
                 predicted: vec![
-                    Detection { corners: g, score: 0.2 },
-                    Detection { corners: [1.0, 0.0, 0.0, 3.0, 2.0, 2.0], score: 0.9 },
+                    Detection {
+                        corners: g,
+                        score: 0.2,
+                    },
+                    Detection {
+                        corners: [1.0, 0.0, 0.0, 3.0, 2.0, 2.0],
+                        score: 0.9,
+                    },
                 ],
                 truth: vec![g],
             }),

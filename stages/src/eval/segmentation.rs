@@ -93,7 +93,11 @@ fn union_bounds(a: ArrayView3<'_, bool>, b: ArrayView3<'_, bool>) -> ([usize; 3]
 /// Mask voxels with a 6-neighbour outside the mask or outside the image (`full`, the whole
 /// mask, tells whether a neighbour just outside the window is set; `lo` is the window's
 /// origin in it).
-fn surface(window: ArrayView3<'_, bool>, full: ArrayView3<'_, bool>, lo: [usize; 3]) -> Array3<bool> {
+fn surface(
+    window: ArrayView3<'_, bool>,
+    full: ArrayView3<'_, bool>,
+    lo: [usize; 3],
+) -> Array3<bool> {
     let (nx, ny, nz) = full.dim();
     let mut out = Array3::from_elem(window.dim(), false);
     Zip::indexed(&mut out)
@@ -185,7 +189,9 @@ mod tests {
 
     fn cube(shape: (usize, usize, usize), lo: [usize; 3], hi: [usize; 3]) -> Array3<bool> {
         Array3::from_shape_fn(shape, |(i, j, k)| {
-            (lo[0]..hi[0]).contains(&i) && (lo[1]..hi[1]).contains(&j) && (lo[2]..hi[2]).contains(&k)
+            (lo[0]..hi[0]).contains(&i)
+                && (lo[1]..hi[1]).contains(&j)
+                && (lo[2]..hi[2]).contains(&k)
         })
     }
 
@@ -216,15 +222,24 @@ mod tests {
         let full = cube((4, 4, 4), [1, 1, 1], [3, 3, 3]);
         assert_eq!(
             region_score(empty.view(), empty.view(), [1.0; 3]),
-            RegionScore { dice: 1.0, hd95: 0.0 }
+            RegionScore {
+                dice: 1.0,
+                hd95: 0.0
+            }
         );
         assert_eq!(
             region_score(full.view(), empty.view(), [1.0; 3]),
-            RegionScore { dice: 0.0, hd95: HD95_EMPTY }
+            RegionScore {
+                dice: 0.0,
+                hd95: HD95_EMPTY
+            }
         );
         assert_eq!(
             region_score(empty.view(), full.view(), [1.0; 3]),
-            RegionScore { dice: 0.0, hd95: HD95_EMPTY }
+            RegionScore {
+                dice: 0.0,
+                hd95: HD95_EMPTY
+            }
         );
     }
 
@@ -236,7 +251,12 @@ mod tests {
         truth[[2, 3, 2]] = 2;
         let mut pred = truth.clone();
         pred[[2, 3, 2]] = 0; // oedema missed: WT Dice 4/5, TC and ET perfect
-        let s = score_label_maps(pred.view(), truth.view(), [1.0; 3], BratsConvention::Brats2018);
+        let s = score_label_maps(
+            pred.view(),
+            truth.view(),
+            [1.0; 3],
+            BratsConvention::Brats2018,
+        );
         assert!((s[0].dice - 0.8).abs() < 1e-12);
         assert_eq!((s[1].dice, s[2].dice), (1.0, 1.0));
         assert_eq!((s[1].hd95, s[2].hd95), (0.0, 0.0));

@@ -115,9 +115,15 @@ impl Component for Metrics {
     const DOC: &'static str = "Dice/HD95 per region, grade accuracy/sensitivity/specificity and COCO detection mAP/mAR; metrics JSON (and CSV) written when the run completes.";
     fn reads(&self) -> Vec<String> {
         let mut r = vec![self.truth.clone()];
-        for f in [&self.pred, &self.pred_boxes, &self.truth_boxes, &self.grade_pred, &self.p_hgg]
-            .into_iter()
-            .flatten()
+        for f in [
+            &self.pred,
+            &self.pred_boxes,
+            &self.truth_boxes,
+            &self.grade_pred,
+            &self.p_hgg,
+        ]
+        .into_iter()
+        .flatten()
         {
             r.push(f.clone());
         }
@@ -130,7 +136,10 @@ impl Component for Metrics {
     }
     fn check(&self) -> Vec<Problem> {
         if self.max_detections == 0 {
-            vec![Problem::param("max_detections", "`max_detections` must be at least 1")]
+            vec![Problem::param(
+                "max_detections",
+                "`max_detections` must be at least 1",
+            )]
         } else {
             vec![]
         }
@@ -153,7 +162,12 @@ struct MetricsSink {
 
 /// Voxel sizes: the lengths of the affine's columns.
 fn spacing_of(affine: &Affine) -> [f64; 3] {
-    [0, 1, 2].map(|c| (0..3).map(|r| affine[r][c] * affine[r][c]).sum::<f64>().sqrt())
+    [0, 1, 2].map(|c| {
+        (0..3)
+            .map(|r| affine[r][c] * affine[r][c])
+            .sum::<f64>()
+            .sqrt()
+    })
 }
 
 /// WT, TC and ET masks of a label map or a region-mask stack.
@@ -270,7 +284,10 @@ impl MetricsSink {
                 .map(|b| {
                     b.score
                         .filter(|s| s.is_finite())
-                        .map(|score| Detection { corners: b.corners, score })
+                        .map(|score| Detection {
+                            corners: b.corners,
+                            score,
+                        })
                         .ok_or_else(|| {
                             StageError::new(format!("a box in `{name}` has no finite score"))
                         })
@@ -282,7 +299,10 @@ impl MetricsSink {
                     .into_iter()
                     .collect(),
             };
-            result.boxes = Some(CaseBoxes { predicted, truth: truth_boxes });
+            result.boxes = Some(CaseBoxes {
+                predicted,
+                truth: truth_boxes,
+            });
         }
         if let Some(name) = &c.grade_pred {
             let text = sample.text(name)?;
@@ -311,7 +331,9 @@ impl Sink for MetricsSink {
         let result = self.score(&sample)?;
         let mut cases = self.cases.lock().unwrap_or_else(|p| p.into_inner());
         // With several epochs, the last epoch's prediction counts.
-        let entry = cases.entry(sample.id.clone()).or_insert((sample.epoch, result.clone()));
+        let entry = cases
+            .entry(sample.id.clone())
+            .or_insert((sample.epoch, result.clone()));
         if sample.epoch >= entry.0 {
             *entry = (sample.epoch, result);
         }
@@ -337,7 +359,13 @@ impl Sink for MetricsSink {
             missing_as_empty: vec![],
         };
         let report = Report::new(cases, settings).map_err(StageError::new)?;
-        let target = |p: &PathBuf| if ctx.complete { p.clone() } else { partial_path(p) };
+        let target = |p: &PathBuf| {
+            if ctx.complete {
+                p.clone()
+            } else {
+                partial_path(p)
+            }
+        };
         let json = serde_json::to_string_pretty(&report.to_json(ctx.complete))
             .map_err(|e| StageError::new(e.to_string()))?;
         let path = target(&c.path);
@@ -403,7 +431,9 @@ mod tests {
         );
         s.insert("grade_pred", Field::Text("HGG".into()));
         s.insert("p_hgg", Field::Number(0.8));
-        s.meta.attrs.insert(ATTR_GRADE.into(), serde_json::json!("HGG"));
+        s.meta
+            .attrs
+            .insert(ATTR_GRADE.into(), serde_json::json!("HGG"));
         s
     }
 
@@ -421,9 +451,10 @@ mod tests {
     fn truth_is_mapped_back_to_the_prediction_space_and_spacing_is_used() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.json");
-        let config: Metrics =
-            serde_json::from_value(serde_json::json!({"path": path, "csv": dir.path().join("m.csv")}))
-                .unwrap();
+        let config: Metrics = serde_json::from_value(
+            serde_json::json!({"path": path, "csv": dir.path().join("m.csv")}),
+        )
+        .unwrap();
         let sink = config.build(&BuildContext::default()).unwrap();
         let ctx = StageContext::new("metrics", 3, 0);
         sink.write(sample(0), &ctx).unwrap();
@@ -450,7 +481,8 @@ mod tests {
         let path = dir.path().join("m.json");
         let config: Metrics = serde_json::from_value(serde_json::json!({"path": path})).unwrap();
         let sink = config.build(&BuildContext::default()).unwrap();
-        sink.write(sample(0), &StageContext::new("metrics", 3, 0)).unwrap();
+        sink.write(sample(0), &StageContext::new("metrics", 3, 0))
+            .unwrap();
         finish(sink.as_ref(), false);
         assert!(!path.exists());
         let partial: serde_json::Value = serde_json::from_str(
@@ -462,9 +494,10 @@ mod tests {
 
     #[test]
     fn a_prediction_on_another_grid_is_an_error_naming_both_shapes() {
-        let config: Metrics =
-            serde_json::from_value(serde_json::json!({"path": "unused.json", "truth_space": "current"}))
-                .unwrap();
+        let config: Metrics = serde_json::from_value(
+            serde_json::json!({"path": "unused.json", "truth_space": "current"}),
+        )
+        .unwrap();
         let sink = config.build(&BuildContext::default()).unwrap();
         let e = sink
             .write(sample(0), &StageContext::new("metrics", 3, 0))

@@ -14,8 +14,8 @@
 use std::path::PathBuf;
 
 use mtmed3d_pipeline::{
-    BoundingBox, BuildContext, Component, FinishContext, Problem, Sample, Sink,
-    SinkConfig, StageContext, StageError,
+    BoundingBox, BuildContext, Component, FinishContext, Problem, Sample, Sink, SinkConfig,
+    StageContext, StageError,
 };
 use ndarray::{Array2, Array3, ArrayView3, Axis, Ix3, Ix4};
 use schemars::JsonSchema;
@@ -114,7 +114,8 @@ impl Sink for BoxesJson {
         };
         let doc = prediction_json(sample.boxes(&self.pred_boxes)?, grade, p)?;
         let path = self.dir.join(format!("{}.json", sample.id));
-        let text = serde_json::to_string_pretty(&doc).map_err(|e| StageError::new(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&doc).map_err(|e| StageError::new(e.to_string()))?;
         write_atomic(&path, (text + "\n").as_bytes()).map_err(|e| StageError::file(&path, e))
     }
 
@@ -196,7 +197,10 @@ impl Component for PngOverlay {
         if (0.0..=1.0).contains(&self.alpha) {
             vec![]
         } else {
-            vec![Problem::param("alpha", "`alpha` is an opacity between 0 and 1")]
+            vec![Problem::param(
+                "alpha",
+                "`alpha` is an opacity between 0 and 1",
+            )]
         }
     }
 }
@@ -208,7 +212,11 @@ impl SinkConfig for PngOverlay {
     }
 }
 
-const REGION_COLOURS: [[f32; 3]; 3] = [[40.0, 200.0, 40.0], [250.0, 220.0, 0.0], [230.0, 30.0, 30.0]];
+const REGION_COLOURS: [[f32; 3]; 3] = [
+    [40.0, 200.0, 40.0],
+    [250.0, 220.0, 0.0],
+    [230.0, 30.0, 30.0],
+];
 const BOX_COLOURS: [[u8; 3]; 4] = [[0, 230, 255], [255, 0, 255], [255, 255, 255], [255, 140, 0]];
 /// Black columns between the views.
 const GAP: usize = 4;
@@ -231,9 +239,10 @@ impl PngOverlay {
                 .into_dimensionality::<Ix3>()
                 .map_err(|e| StageError::new(e.to_string()));
         }
-        let image = image.view().into_dimensionality::<Ix4>().map_err(|_| {
-            StageError::new(format!("`{}` must be X×Y×Z or C×X×Y×Z", self.image))
-        })?;
+        let image = image
+            .view()
+            .into_dimensionality::<Ix4>()
+            .map_err(|_| StageError::new(format!("`{}` must be X×Y×Z or C×X×Y×Z", self.image)))?;
         let channel = match &self.modality {
             Modality::Index(i) => *i,
             Modality::Name(name) => {
@@ -267,7 +276,11 @@ impl PngOverlay {
         let masks = match &self.mask {
             Some(name) => {
                 let m = sample.u8(name)?;
-                let m4 = if m.ndim() == 3 { m.clone().insert_axis(Axis(0)) } else { m.clone() };
+                let m4 = if m.ndim() == 3 {
+                    m.clone().insert_axis(Axis(0))
+                } else {
+                    m.clone()
+                };
                 let m4 = m4.into_dimensionality::<Ix4>().map_err(|_| {
                     StageError::new(format!("`{name}` must be a label map or region masks"))
                 })?;
@@ -304,11 +317,15 @@ impl PngOverlay {
         let views: Vec<View> = [(2usize, [0usize, 1usize]), (1, [0, 2]), (0, [1, 2])]
             .iter()
             .map(|&(fixed, plane)| {
-                let slice = |v: ArrayView3<'_, bool>| v.index_axis(Axis(fixed), centre[fixed]).to_owned();
+                let slice =
+                    |v: ArrayView3<'_, bool>| v.index_axis(Axis(fixed), centre[fixed]).to_owned();
                 let regions = match &masks {
                     Some(m) => [slice(m[0].view()), slice(m[1].view()), slice(m[2].view())],
                     None => {
-                        let empty = Array2::from_elem((shape_of(shape, plane[0]), shape_of(shape, plane[1])), false);
+                        let empty = Array2::from_elem(
+                            (shape_of(shape, plane[0]), shape_of(shape, plane[1])),
+                            false,
+                        );
                         [empty.clone(), empty.clone(), empty]
                     }
                 };
@@ -318,8 +335,13 @@ impl PngOverlay {
                     .filter(|(c, _)| c[fixed] <= at && at < c[fixed + 3])
                     .map(|(c, colour)| {
                         let lo = |d: usize| c[d].max(0.0) as usize;
-                        let hi = |d: usize| ((c[d + 3] - 1.0).max(0.0) as usize).min(shape_of(shape, d) - 1);
-                        ([lo(plane[0]), lo(plane[1]), hi(plane[0]), hi(plane[1])], *colour)
+                        let hi = |d: usize| {
+                            ((c[d + 3] - 1.0).max(0.0) as usize).min(shape_of(shape, d) - 1)
+                        };
+                        (
+                            [lo(plane[0]), lo(plane[1]), hi(plane[0]), hi(plane[1])],
+                            *colour,
+                        )
                     })
                     .collect();
                 View {
@@ -339,8 +361,14 @@ fn shape_of(shape: (usize, usize, usize), axis: usize) -> usize {
 
 /// The three views side by side as an RGB PNG.
 fn compose(views: &[View], alpha: f32) -> Vec<u8> {
-    let width: usize = views.iter().map(|v| v.grey.dim().0).sum::<usize>() + GAP * (views.len() - 1);
-    let height = views.iter().map(|v| v.grey.dim().1).max().unwrap_or(1).max(1);
+    let width: usize =
+        views.iter().map(|v| v.grey.dim().0).sum::<usize>() + GAP * (views.len() - 1);
+    let height = views
+        .iter()
+        .map(|v| v.grey.dim().1)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut rgb = vec![0u8; width * height * 3];
     // One grey window for all views: the 1st–99th percentile of their voxels.
     let mut values: Vec<f64> = views
@@ -429,7 +457,13 @@ mod tests {
     fn overlay_has_three_views_coloured_regions_and_box_edges() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Sample::new("c1");
-        s.insert("image", Field::f32(Array4::<f32>::from_shape_fn((2, 20, 16, 12), |(_, x, y, z)| (x + y + z) as f32).into_dyn()));
+        s.insert(
+            "image",
+            Field::f32(
+                Array4::<f32>::from_shape_fn((2, 20, 16, 12), |(_, x, y, z)| (x + y + z) as f32)
+                    .into_dyn(),
+            ),
+        );
         let mut label = Array3::<u8>::zeros((20, 16, 12));
         for x in 8..12 {
             for y in 6..10 {
@@ -441,17 +475,28 @@ mod tests {
         s.insert("label", Field::u8(label.into_dyn()));
         s.insert(
             "boxes",
-            Field::Boxes(Arc::new(vec![BoundingBox { corners: [8.0, 6.0, 4.0, 12.0, 10.0, 8.0], class: 0, score: None }])),
+            Field::Boxes(Arc::new(vec![BoundingBox {
+                corners: [8.0, 6.0, 4.0, 12.0, 10.0, 8.0],
+                class: 0,
+                score: None,
+            }])),
         );
         let sink: PngOverlay = serde_json::from_value(json!({"dir": dir.path()})).unwrap();
         let built = sink.build(&BuildContext::default()).unwrap();
-        built.write(s, &StageContext::new("png_overlay", 3, 0)).unwrap();
+        built
+            .write(s, &StageContext::new("png_overlay", 3, 0))
+            .unwrap();
         let file = std::fs::File::open(dir.path().join("c1.png")).unwrap();
-        let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().unwrap();
+        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();
         // axial 20 wide, coronal 20, sagittal 16, two gaps; height = max(16, 12, 12)
-        assert_eq!((info.width, info.height), (20 + 20 + 16 + 2 * GAP as u32, 16));
+        assert_eq!(
+            (info.width, info.height),
+            (20 + 20 + 16 + 2 * GAP as u32, 16)
+        );
         let px = |x: usize, y: usize| {
             let i = (y * info.width as usize + x) * 3;
             [buf[i], buf[i + 1], buf[i + 2]]
@@ -468,10 +513,24 @@ mod tests {
 
     #[test]
     fn prediction_json_needs_scores() {
-        let b = BoundingBox { corners: [0.0; 6], class: 0, score: None };
-        assert_eq!(prediction_json(&[b], None, None).unwrap_err().message, "a predicted box has no score");
-        let b = BoundingBox { corners: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], class: 0, score: Some(0.5) };
+        let b = BoundingBox {
+            corners: [0.0; 6],
+            class: 0,
+            score: None,
+        };
+        assert_eq!(
+            prediction_json(&[b], None, None).unwrap_err().message,
+            "a predicted box has no score"
+        );
+        let b = BoundingBox {
+            corners: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            class: 0,
+            score: Some(0.5),
+        };
         let j = prediction_json(&[b], Some("HGG"), Some(0.7)).unwrap();
-        assert_eq!(j, json!({"boxes": [{"box": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "score": 0.5}], "grade": "HGG", "p_hgg": 0.7}));
+        assert_eq!(
+            j,
+            json!({"boxes": [{"box": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "score": 0.5}], "grade": "HGG", "p_hgg": 0.7})
+        );
     }
 }
