@@ -146,7 +146,10 @@ pub fn truth_cases(root: &Path) -> Result<Vec<TruthCase>, String> {
     Ok(cases)
 }
 
-fn read_labels(path: &Path) -> Result<(Array3<u8>, [[f64; 4]; 4], [f64; 3]), String> {
+/// A label map with its voxel-to-world affine and voxel sizes.
+type LabelFile = (Array3<u8>, [[f64; 4]; 4], [f64; 3]);
+
+fn read_labels(path: &Path) -> Result<LabelFile, String> {
     let img = read_nifti(path).map_err(|e| e.to_string())?;
     let (affine, spacing) = (img.affine(), img.spacing());
     let shape = img.shape();
