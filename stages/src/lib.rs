@@ -5,6 +5,7 @@
 
 pub mod augment;
 pub mod basic;
+pub mod eval;
 pub mod fields;
 pub mod intensity;
 pub mod io;
@@ -42,5 +43,8 @@ pub fn registry() -> Registry {
     r.sink::<basic::JsonWrite>();
     r.sink::<basic::Discard>();
     r.sink::<io::nifti_stages::NiftiWrite>();
+    r.sink::<eval::sink::Metrics>();
+    r.sink::<eval::writers::BoxesJson>();
+    r.sink::<eval::writers::PngOverlay>();
     r
 }
