@@ -1,5 +1,7 @@
 //! The `mtmed3d` command line.
 
+mod cache_cmd;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -98,6 +100,9 @@ enum Command {
         #[arg(long, default_value_t = 0.7)]
         hgg_fraction: f64,
     },
+    /// Inspect, verify and finalise a Zarr case store.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCommand),
     /// Run the built-in demo pipeline (no downloads); outputs go to --out.
     Demo {
         #[arg(long, default_value = "runs/demo")]
@@ -203,6 +208,7 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
             shape,
             hgg_fraction,
         } => write_phantoms(&out, cases, seed, shape, hgg_fraction, progress),
+        Command::Cache(command) => cache_cmd::run(command),
         Command::Demo { out, overrides } => {
             let mut all = vec![
                 format!(

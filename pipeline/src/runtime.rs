@@ -486,6 +486,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         pipeline_file: Some(plan.file.clone()),
         seed: plan.seed,
         epochs: plan.epochs,
+        upstream_hash: Some(upstream_hash(plan)),
     };
     let build = |p: &Planned| {
         p.config.build(&ctx).map_err(|e| RunError::Build {
@@ -514,6 +515,20 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     run_built(plan, source, stages, sinks, options)
 }
 
+/// A stable hash of the seed, the source and the stages (names and parameters as written,
+/// canonically ordered), in hex.
+pub fn upstream_hash(plan: &Plan) -> String {
+    let components: Vec<serde_json::Value> = std::iter::once(&plan.source)
+        .chain(plan.stages.iter())
+        .map(|p| serde_json::json!([p.name, p.params_json()]))
+        .collect();
+    let canonical = serde_json::json!({"seed": plan.seed, "components": components});
+    format!(
+        "{:016x}",
+        crate::rng::stable_hash(canonical.to_string().as_bytes())
+    )
+}
+
 /// Runs components that are already built (for library users and tests).
 pub fn run_built(
     plan: &Plan,
@@ -531,6 +546,36 @@ pub fn run_built(
     cases.dedup();
     if let Some(shard) = options.shard {
         cases = shard.select(cases);
+    }
+    // Resuming: a case every sink already holds complete is not computed again.
+    let mut done_everywhere: Option<std::collections::BTreeSet<String>> = None;
+    for sink in &sinks {
+        let held = match sink.completed() {
+            Ok(Some(held)) => held.into_iter().collect::<std::collections::BTreeSet<_>>(),
+            Ok(None) => {
+                done_everywhere = Some(Default::default());
+                break;
+            }
+            Err(e) => {
+                tracing::warn!("cannot tell which cases are already done ({e}); computing all");
+                done_everywhere = Some(Default::default());
+                break;
+            }
+        };
+        done_everywhere = Some(match done_everywhere {
+            None => held,
+            Some(before) => before.intersection(&held).cloned().collect(),
+        });
+    }
+    if let Some(done) = done_everywhere.filter(|d| !d.is_empty()) {
+        let before = cases.len();
+        cases.retain(|c| !done.contains(c));
+        if before > cases.len() {
+            tracing::info!(
+                "{} of {before} cases are already complete in every output: skipping them",
+                before - cases.len()
+            );
+        }
     }
     let cancel = options
         .cancel
@@ -689,9 +734,10 @@ pub fn run_built(
                                 hop.counters.received.fetch_add(1, Ordering::Relaxed);
                                 let token = InFlightToken::new(state.clone());
                                 let busy = Instant::now();
-                                let loaded =
-                                    catch_unwind(AssertUnwindSafe(|| source.load(&case, &hop.ctx)))
-                                        .unwrap_or_else(|p| Err(panic_message(p)));
+                                let loaded = catch_unwind(AssertUnwindSafe(|| {
+                                    source.load_epoch(&case, epoch, &hop.ctx)
+                                }))
+                                .unwrap_or_else(|p| Err(panic_message(p)));
                                 hop.counters
                                     .busy_ns
                                     .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);

@@ -23,6 +23,7 @@ pub fn registry() -> Registry {
     r.source::<io::sources::NiftiFilesSource>();
     r.source::<io::sources::ManifestSource>();
     r.source::<io::sources::PhantomSource>();
+    r.source::<io::zarr::source::ZarrRead>();
     r.stage::<basic::Scale>();
     r.stage::<basic::RandNoise>();
     r.stage::<basic::FailCases>();
@@ -42,5 +43,6 @@ pub fn registry() -> Registry {
     r.sink::<basic::JsonWrite>();
     r.sink::<basic::Discard>();
     r.sink::<io::nifti_stages::NiftiWrite>();
+    r.sink::<io::zarr::sink::ZarrWrite>();
     r
 }
