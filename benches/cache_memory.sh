@@ -11,8 +11,11 @@ small="${1:-10}"
 large="${2:-40}"
 work="${BENCH_DIR:-${TMPDIR:-/tmp}/mtmed3d-bench-memory}"
 mkdir -p "$work"
-cargo build --release --quiet
-bin="$(realpath "${CARGO_TARGET_DIR:-target}/release/mtmed3d")"
+# MTMED3D_BIN: an already built binary (skips the release build).
+if [ -z "${MTMED3D_BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+bin="$(realpath "${MTMED3D_BIN:-${CARGO_TARGET_DIR:-target}/release/mtmed3d}")"
 
 peak_kb() { # CASES
   "$bin" phantom --out "$work/data$1" --cases "$1" --seed 1 >/dev/null 2>&1

@@ -64,8 +64,18 @@ pub fn run(command: CacheCommand) -> Result<u8> {
         CacheCommand::Verify { store } => {
             let handle = open(&store)?;
             let cases = handle.list().map_err(|e| anyhow!("{e}"))?;
-            let mut bad = 0;
+            let complete: std::collections::BTreeSet<&str> = cases
+                .iter()
+                .filter(|c| c.complete)
+                .map(|c| c.id.as_str())
+                .collect();
+            let (mut bad, mut leftovers) = (0, 0);
             for c in &cases {
+                if !c.complete && complete.contains(c.id.as_str()) {
+                    // An interrupted attempt at a case that was later written whole.
+                    leftovers += 1;
+                    continue;
+                }
                 let problems = if c.complete {
                     handle.verify_case(&c.id).map_err(|e| anyhow!("{e}"))?
                 } else {
@@ -82,9 +92,16 @@ pub fn run(command: CacheCommand) -> Result<u8> {
                 }
             }
             eprintln!(
-                "{}: {} cases checked, {bad} damaged or incomplete",
+                "{}: {} complete cases checked, {bad} damaged or incomplete{}",
                 store.display(),
-                cases.len()
+                complete.len(),
+                if leftovers > 0 {
+                    format!(
+                        ", {leftovers} leftovers of interrupted writes (`cache finalise` removes them)"
+                    )
+                } else {
+                    String::new()
+                }
             );
             Ok(if bad == 0 { 0 } else { 1 })
         }

@@ -111,8 +111,8 @@ fn write_then_read_gives_the_same_sample_bit_for_bit() {
         .collect();
     assert_eq!(arrays["image"], (vec![4, 20, 17, 13], "float32"));
     assert_eq!(arrays["label"], (vec![3, 20, 17, 13], "uint8"));
-    // The node name is escaped and never starts with the reserved `__`.
-    assert_eq!(entry.group, "BraTS~2F2019~20~231~20~5F_odd");
+    // The node name is escaped (`__` is reserved only at the start of a name).
+    assert_eq!(entry.group, "BraTS~2F2019~20~231~20__odd");
     assert!(!s.is_complete("BraTS/2019"));
     assert_eq!(s.case_key("absent").unwrap(), None);
 }
@@ -264,7 +264,7 @@ fn verify_finds_a_corrupted_chunk() {
     assert!(problems[0].starts_with("field `image`"), "{problems:?}");
 
     // A chunk file that disappears reads as fill values: the checksum catches it too.
-    std::fs::remove_file(s.path().join("good/label/c/0/1/1/0")).unwrap();
+    std::fs::remove_file(s.path().join("good/label/c/0/0/1/0")).unwrap();
     let problems = s.verify_case("good").unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
@@ -358,4 +358,61 @@ fn shards_can_create_one_store_at_once() {
     });
     let s = CaseStore::open(&path).unwrap();
     assert_eq!(s.complete_cases(None).unwrap().len(), 8);
+}
+
+#[test]
+fn zarr_read_crops_differ_per_epoch_repeat_per_seed_and_find_foreground() {
+    use mtmed3d_pipeline::{BuildContext, SourceConfig, StageContext};
+    use mtmed3d_stages::io::zarr::source::ZarrRead;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), small_chunks());
+    for i in 0..3 {
+        s.write_case(&case(&format!("c{i}"), [40, 36, 30], i), None)
+            .unwrap();
+    }
+    let config: ZarrRead = serde_json::from_value(serde_json::json!({
+        "path": s.path(),
+        "crop": {"size": [16, 16, 16], "foreground_prob": 1.0},
+    }))
+    .unwrap();
+    let source = config.build(&BuildContext::default()).unwrap();
+    assert_eq!(source.cases().unwrap(), vec!["c0", "c1", "c2"]);
+    let ctx = StageContext::new("zarr_read", 0, 42);
+    let start = |sample: &Sample| match sample.meta.history.last() {
+        Some(SpatialOp::Crop { start, .. }) => *start,
+        other => panic!("no crop recorded: {other:?}"),
+    };
+    let mut starts = Vec::new();
+    for epoch in 0..4 {
+        let a = source.load_epoch("c1", epoch, &ctx).unwrap();
+        let b = source.load_epoch("c1", epoch, &ctx).unwrap();
+        same_sample(&a, &b).unwrap();
+        assert_eq!(a.f32("image").unwrap().shape(), &[4, 16, 16, 16]);
+        assert_eq!(a.u8("label").unwrap().shape(), &[3, 16, 16, 16]);
+        assert!(
+            a.u8("label").unwrap().iter().any(|v| *v != 0),
+            "centred on foreground"
+        );
+        // The same window as cropping the whole case.
+        let mut whole = s.read_case("c1").unwrap();
+        crop_sample(&mut whole, None, start(&a), [16, 16, 16]).unwrap();
+        same_sample(&whole, &a).unwrap();
+        starts.push(start(&a));
+    }
+    starts.dedup();
+    assert!(starts.len() > 1, "every epoch gave the crop at {starts:?}");
+    let wrong: ZarrRead = serde_json::from_value(serde_json::json!({
+        "path": s.path(), "cases": ["c1", "nope"],
+    }))
+    .unwrap();
+    let e = wrong
+        .build(&BuildContext::default())
+        .unwrap()
+        .cases()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not in the store or incomplete: nope"),
+        "{e}"
+    );
 }
