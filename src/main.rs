@@ -1,5 +1,7 @@
 //! The `mtmed3d` command line.
 
+mod cache_cmd;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -102,6 +104,9 @@ enum Command {
     },
     /// Score predictions (label maps, boxes, grades) against a BraTS-layout truth folder.
     Evaluate(evaluate::EvaluateArgs),
+    /// Inspect, verify and finalise a Zarr case store.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCommand),
     /// Run the built-in demo pipeline (no downloads); outputs go to --out.
     Demo {
         #[arg(long, default_value = "runs/demo")]
@@ -208,6 +213,7 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
             hgg_fraction,
         } => write_phantoms(&out, cases, seed, shape, hgg_fraction, progress),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Cache(command) => cache_cmd::run(command),
         Command::Demo { out, overrides } => {
             let mut all = vec![
                 format!(

@@ -499,6 +499,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         seed: plan.seed,
         epochs: plan.epochs,
         cases_per_epoch: None,
+        upstream_hash: Some(upstream_hash(plan)),
     };
     let build = |p: &Planned, ctx: &BuildContext| {
         p.config.build(ctx).map_err(|e| RunError::Build {
@@ -620,6 +621,17 @@ impl CachePlan {
     }
 }
 
+/// A stable hash (SHA-256, hex) of the seed, the source and the stages, with their parameters
+/// in canonical form (defaults filled in, keys sorted).
+pub fn upstream_hash(plan: &Plan) -> String {
+    let components: Vec<serde_json::Value> = std::iter::once(&plan.source)
+        .chain(plan.stages.iter())
+        .map(|p| serde_json::json!([p.name, p.canonical]))
+        .collect();
+    let canonical = serde_json::json!({"seed": plan.seed, "components": components});
+    crate::cache_key::digest(&crate::cache_key::canonical_text(&canonical))
+}
+
 /// Runs components that are already built (for library users and tests).
 pub fn run_built(
     plan: &Plan,
@@ -635,7 +647,7 @@ pub fn run_built(
 fn run_with_cases(
     plan: &Plan,
     source: Box<dyn Source>,
-    cases: Vec<String>,
+    mut cases: Vec<String>,
     stages: Vec<Box<dyn Stage>>,
     sinks: Vec<Box<dyn Sink>>,
     options: &RunOptions,
@@ -651,6 +663,36 @@ fn run_with_cases(
             plan.source.name,
             plan.stages[c.stage].name
         );
+    }
+    // Resuming: a case every sink already holds complete is not computed again.
+    let mut done_everywhere: Option<std::collections::BTreeSet<String>> = None;
+    for sink in &sinks {
+        let held = match sink.completed() {
+            Ok(Some(held)) => held.into_iter().collect::<std::collections::BTreeSet<_>>(),
+            Ok(None) => {
+                done_everywhere = Some(Default::default());
+                break;
+            }
+            Err(e) => {
+                tracing::warn!("cannot tell which cases are already done ({e}); computing all");
+                done_everywhere = Some(Default::default());
+                break;
+            }
+        };
+        done_everywhere = Some(match done_everywhere {
+            None => held,
+            Some(before) => before.intersection(&held).cloned().collect(),
+        });
+    }
+    if let Some(done) = done_everywhere.filter(|d| !d.is_empty()) {
+        let before = cases.len();
+        cases.retain(|c| !done.contains(c));
+        if before > cases.len() {
+            tracing::info!(
+                "{} of {before} cases are already complete in every output: skipping them",
+                before - cases.len()
+            );
+        }
     }
     let cancel = options
         .cancel
@@ -862,9 +904,10 @@ fn run_with_cases(
                                 if cache.is_some() {
                                     state.cache_misses.fetch_add(1, Ordering::Relaxed);
                                 }
-                                let loaded =
-                                    catch_unwind(AssertUnwindSafe(|| source.load(&case, &hop.ctx)))
-                                        .unwrap_or_else(|p| Err(panic_message(p)));
+                                let loaded = catch_unwind(AssertUnwindSafe(|| {
+                                    source.load_epoch(&case, epoch, &hop.ctx)
+                                }))
+                                .unwrap_or_else(|p| Err(panic_message(p)));
                                 hop.counters
                                     .busy_ns
                                     .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);

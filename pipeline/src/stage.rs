@@ -23,6 +23,18 @@ pub trait Source: Send + Sync {
     fn cases(&self) -> Result<Vec<String>, StageError>;
     fn load(&self, case: &str, ctx: &StageContext) -> Result<Sample, StageError>;
 
+    /// Loads a case for one epoch. Sources whose output varies per epoch (random training
+    /// crops read straight from a store) override this; the others load the same sample
+    /// every epoch.
+    fn load_epoch(
+        &self,
+        case: &str,
+        _epoch: u32,
+        ctx: &StageContext,
+    ) -> Result<Sample, StageError> {
+        self.load(case, ctx)
+    }
+
     /// What the case is made of, as text that changes whenever its inputs change (file paths
     /// with sizes and modification times; a generator's parameters). A `cache` stage keys
     /// cases by it; `None` means the source cannot tell, and such cases are always recomputed.
@@ -65,6 +77,14 @@ pub trait Stage: Send + Sync {
 /// Consumes samples: writers, metrics, trainers.
 pub trait Sink: Send + Sync {
     fn write(&self, sample: Sample, ctx: &StageContext) -> Result<(), StageError>;
+
+    /// Cases whose output this sink already holds, complete and made by the same upstream
+    /// configuration (a resumable store). When every sink of a pipeline names a case, the
+    /// runtime skips it, so rerunning an interrupted run does only the missing cases. `None`
+    /// (the default) means the sink needs every case.
+    fn completed(&self) -> Result<Option<Vec<String>>, StageError> {
+        Ok(None)
+    }
 
     /// Called once after the last sample; `ctx.complete` is false when the run was
     /// interrupted or stopped by a fatal error, so outputs must not be marked complete.
@@ -133,6 +153,10 @@ pub struct BuildContext {
     /// Cases per epoch after sharding, when known (a run lists them before building stages
     /// and sinks; a trainer sizes its learning-rate schedule from it).
     pub cases_per_epoch: Option<usize>,
+    /// A stable hash of what produces the samples a sink receives: the seed, the source and
+    /// every stage with their parameters. Stores record it, so a rerun with another
+    /// configuration does not take old outputs for its own.
+    pub upstream_hash: Option<String>,
 }
 
 /// A problem with a parameter's value that its type cannot express (a probability above 1).

@@ -24,6 +24,7 @@ pub fn registry() -> Registry {
     r.source::<io::sources::NiftiFilesSource>();
     r.source::<io::sources::ManifestSource>();
     r.source::<io::sources::PhantomSource>();
+    r.source::<io::zarr::source::ZarrRead>();
     r.stage::<basic::Scale>();
     r.stage::<basic::RandNoise>();
     r.stage::<basic::FailCases>();
@@ -36,6 +37,7 @@ pub fn registry() -> Registry {
     r.stage::<spatial::crop::Patches>();
     r.stage::<labels::BratsRegions>();
     r.stage::<labels::Boxes>();
+    r.stage::<io::cache::Cache>();
     r.stage::<augment::RandFlip>();
     r.stage::<augment::RandRot90>();
     r.stage::<augment::RandRotate>();
@@ -46,5 +48,6 @@ pub fn registry() -> Registry {
     r.sink::<eval::sink::Metrics>();
     r.sink::<eval::writers::BoxesJson>();
     r.sink::<eval::writers::PngOverlay>();
+    r.sink::<io::zarr::sink::ZarrWrite>();
     r
 }

@@ -1,0 +1,1292 @@
+//! A Zarr v3 store of preprocessed cases: one group per case, written whole under a
+//! temporary name and renamed into place, so a case is either absent or complete.
+//!
+//! ```text
+//! cache.zarr/
+//!   zarr.json                 root group: {"mtmed3d": {kind, format_version}, "cases": [...]}
+//!   BraTS19_2013_10_1/
+//!     zarr.json               case group: metadata, non-volume fields, checksums
+//!     image/  zarr.json, c/…  (C, X, Y, Z), chunks follow the training patch size, zstd
+//!     label/  zarr.json, c/…
+//!   .partial/                 cases being written (never listed as members by zarr-python)
+//! ```
+//!
+//! Case ids and field names become node names after escaping every character outside
+//! `[A-Za-z0-9._-]` (and a leading `.` or `__`) as `~XX` (hex of the UTF-8 bytes), so ids
+//! with `/`, `#` or spaces round-trip exactly.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mtmed3d_pipeline::{BoundingBox, Field, Meta, Sample, SpatialOp, StageError};
+use ndarray::{ArrayD, IxDyn, SliceInfoElem};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use zarrs::array::CodecOptions;
+use zarrs::array::codec::ZstdCodec;
+use zarrs::array::{Array, ArrayBuilder, ArraySubset, data_type};
+use zarrs::filesystem::FilesystemStore;
+use zarrs::storage::ReadableWritableListableStorage;
+
+use crate::fields::{map_boxes, shifted_affine};
+use crate::spatial::crop::crop_box;
+use crate::spatial::orientation::aff2axcodes;
+
+/// The layout version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// `kind` in the root group's `mtmed3d` attributes.
+pub const STORE_KIND: &str = "mtmed3d-case-store";
+/// Where cases are written before they are renamed into place.
+pub const PARTIAL_DIR: &str = ".partial";
+
+/// How floating-point volumes are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreDtype {
+    /// 32-bit floats: bit-exact.
+    #[default]
+    F32,
+    /// 16-bit floats: half the size; relative error below 2^-11 (about 3 decimal digits).
+    F16,
+    /// 16-bit integers with a per-channel scale and offset (value = stored × scale + offset):
+    /// half the size, absolute error at most half a step of (max − min) / 65534.
+    I16,
+}
+
+impl StoreDtype {
+    fn zarr_name(self) -> &'static str {
+        match self {
+            StoreDtype::F32 => "float32",
+            StoreDtype::F16 => "float16",
+            StoreDtype::I16 => "int16",
+        }
+    }
+}
+
+/// How a store lays out the volumes it writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreOptions {
+    /// Spatial chunk shape (X, Y, Z); channels are never split, so a crop reads every channel
+    /// of the chunks it touches at once.
+    pub chunk: [usize; 3],
+    /// Shard shape (X, Y, Z), a multiple of `chunk`: several chunks per file (fewer files on
+    /// shared filesystems and object stores). `None`: one file per chunk.
+    pub shard: Option<[usize; 3]>,
+    /// Storage type of f32 volumes.
+    pub dtype: StoreDtype,
+    /// zstd level (1–22).
+    pub level: i32,
+    /// Threads zarrs may use to encode or decode the chunks of one array. Kept small: the
+    /// pipeline runs its own stages on the other cores.
+    pub codec_threads: usize,
+    /// The upstream configuration's hash, recorded in each case.
+    pub config_hash: Option<String>,
+    /// The label field whose nonzero voxels are sampled into the attributes, so training
+    /// crops can be centred on foreground without reading the label.
+    pub foreground_field: String,
+    /// How many foreground voxel positions to record per case.
+    pub foreground_samples: usize,
+    /// fsync every file before renaming a case into place (survives power loss, not only a
+    /// killed process).
+    pub durable: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            chunk: [48, 48, 48],
+            shard: None,
+            dtype: StoreDtype::F32,
+            level: 3,
+            codec_threads: 2,
+            config_hash: None,
+            foreground_field: "label".into(),
+            foreground_samples: 1000,
+            durable: true,
+        }
+    }
+}
+
+/// One case of a store, as `list` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaseEntry {
+    pub id: String,
+    /// The node name in the store (the escaped id).
+    pub group: String,
+    pub complete: bool,
+    pub key: Option<String>,
+    pub config_hash: Option<String>,
+    pub arrays: Vec<ArrayEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArrayEntry {
+    pub field: String,
+    pub shape: Vec<u64>,
+    pub dtype: String,
+}
+
+/// A handle to one store on a filesystem.
+pub struct CaseStore {
+    root: PathBuf,
+    options: StoreOptions,
+    /// Read access to the whole store (zarrs opens arrays by path below the root).
+    storage: ReadableWritableListableStorage,
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+fn err(path: &Path, e: impl std::fmt::Display) -> StageError {
+    StageError::file(path, e)
+}
+
+/// Escapes a case id or field name into a Zarr node name (reversible, see module docs).
+pub fn encode_name(name: &str) -> Result<String, StageError> {
+    if name.is_empty() {
+        return Err(StageError::new(
+            "an empty case id or field name cannot be stored",
+        ));
+    }
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'-' || (b == b'_') || (b == b'.' && i > 0);
+        // `__` at the start is reserved by the Zarr spec.
+        let reserved = i == 0 && b == b'_' && name.as_bytes().get(1) == Some(&b'_');
+        if plain && !reserved {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("~{b:02X}"));
+        }
+    }
+    Ok(out)
+}
+
+/// The inverse of [`encode_name`]; `None` for a name it cannot have made.
+pub fn decode_name(node: &str) -> Option<String> {
+    let bytes = node.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'~' {
+            let hex = node.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn read_json(path: &Path) -> Result<Value, StageError> {
+    let text = fs::read_to_string(path).map_err(|e| err(path, e))?;
+    serde_json::from_str(&text).map_err(|e| err(path, format!("not valid JSON: {e}")))
+}
+
+/// Writes a file under a temporary name and renames it over `path` (atomic on POSIX).
+fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StageError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        NONCE.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut f = fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| err(&tmp, e))?;
+    if durable {
+        f.sync_all().map_err(|e| err(&tmp, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| err(path, e))
+}
+
+fn group_json(attributes: Value) -> Vec<u8> {
+    let doc = json!({"zarr_format": 3, "node_type": "group", "attributes": attributes});
+    let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// CRC-32C of a slice of plain numbers, as their little-endian bytes.
+fn crc_of<T: Copy, const N: usize>(values: &[T], to_le: impl Fn(T) -> [u8; N]) -> u32 {
+    let mut crc = 0u32;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for chunk in values.chunks((1 << 16) / N) {
+        buf.clear();
+        for &v in chunk {
+            buf.extend_from_slice(&to_le(v));
+        }
+        crc = crc32c::crc32c_append(crc, &buf);
+    }
+    crc
+}
+
+fn number_to_json(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else if x.is_nan() {
+        json!("NaN")
+    } else if x > 0.0 {
+        json!("inf")
+    } else {
+        json!("-inf")
+    }
+}
+
+fn number_from_json(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) if s == "NaN" => Some(f64::NAN),
+        Value::String(s) if s == "inf" => Some(f64::INFINITY),
+        Value::String(s) if s == "-inf" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// Positions of up to `max` nonzero voxels (any channel), evenly spread over all of them in
+/// C order, and how many there are.
+fn foreground_positions(field: &Field, max: usize) -> (usize, Vec<[usize; 3]>) {
+    fn scan<T: Copy + PartialEq + Default>(a: &ArrayD<T>, max: usize) -> (usize, Vec<[usize; 3]>) {
+        let n = a.ndim();
+        if n < 3 || max == 0 {
+            return (0, vec![]);
+        }
+        let shape = a.shape();
+        let (nx, ny, nz) = (shape[n - 3], shape[n - 2], shape[n - 1]);
+        let spatial = nx * ny * nz;
+        // A voxel is foreground when any channel is nonzero.
+        let mut mask = vec![false; spatial];
+        let standard = a.as_standard_layout();
+        for (i, v) in standard.iter().enumerate() {
+            if *v != T::default() {
+                mask[i % spatial] = true;
+            }
+        }
+        let count = mask.iter().filter(|m| **m).count();
+        let take = count.min(max);
+        let mut out = Vec::with_capacity(take);
+        if take == 0 {
+            return (0, out);
+        }
+        let mut k = 0usize; // index among foreground voxels
+        let mut next = 0usize; // which sample we are looking for
+        for (i, m) in mask.iter().enumerate() {
+            if !*m {
+                continue;
+            }
+            if k == next * count / take {
+                out.push([i / (ny * nz), (i / nz) % ny, i % nz]);
+                next += 1;
+                if next == take {
+                    break;
+                }
+            }
+            k += 1;
+        }
+        (count, out)
+    }
+    match field {
+        Field::U8(a) => scan(a, max),
+        Field::F32(a) => scan(a, max),
+        _ => (0, vec![]),
+    }
+}
+
+/// What the case group's attributes say about one field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FieldRecord {
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    array: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stored_dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shape: Option<Vec<usize>>,
+    /// CRC-32C of the stored (encoded dtype, C order, little-endian) array bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
+    /// Per-channel `[scale, offset]` for `int16` storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quantisation: Option<Vec<[f64; 2]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<Value>,
+}
+
+/// The parsed attributes of a complete case.
+#[derive(Debug, Clone)]
+pub struct CaseInfo {
+    pub id: String,
+    pub group: String,
+    pub key: Option<String>,
+    pub config_hash: Option<String>,
+    pub meta: Meta,
+    /// Number of foreground voxels and a spread sample of their positions.
+    pub foreground_count: usize,
+    pub foreground: Vec<[usize; 3]>,
+    fields: BTreeMap<String, FieldRecord>,
+}
+
+impl CaseInfo {
+    /// Shapes of the volume fields.
+    pub fn volume_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.fields
+            .iter()
+            .filter_map(|(n, r)| r.shape.clone().map(|s| (n.clone(), s)))
+            .collect()
+    }
+}
+
+impl CaseStore {
+    /// Opens the store at `path`, creating its root group (and folders) when missing. Safe
+    /// when several processes (shards) create the same store at once.
+    pub fn create_or_open(path: &Path, options: StoreOptions) -> Result<CaseStore, StageError> {
+        check_options(&options)?;
+        fs::create_dir_all(path.join(PARTIAL_DIR)).map_err(|e| err(path, e))?;
+        let meta = path.join("zarr.json");
+        if !meta.exists() {
+            let attrs = json!({"mtmed3d": {
+                "kind": STORE_KIND,
+                "format_version": FORMAT_VERSION,
+                "options": options,
+            }});
+            // Every creator writes a complete file and renames it: the last one wins, and
+            // readers never see a half-written root.
+            write_atomic(&meta, &group_json(attrs), options.durable)?;
+        }
+        let mut store = CaseStore::open(path)?;
+        store.options = options;
+        Ok(store)
+    }
+
+    /// Opens an existing store; fails clearly when `path` is not one of ours or was written
+    /// by a newer format.
+    pub fn open(path: &Path) -> Result<CaseStore, StageError> {
+        let meta = path.join("zarr.json");
+        if !meta.is_file() {
+            return Err(err(
+                path,
+                "not a mtmed3d case store (no zarr.json): check the path, or write one with the `zarr_write` sink",
+            ));
+        }
+        let doc = read_json(&meta)?;
+        let ours = doc.get("attributes").and_then(|a| a.get("mtmed3d"));
+        let kind = ours.and_then(|m| m.get("kind")).and_then(Value::as_str);
+        if doc.get("node_type").and_then(Value::as_str) != Some("group") || kind != Some(STORE_KIND)
+        {
+            return Err(err(
+                path,
+                "a Zarr node but not a mtmed3d case store (no `mtmed3d.kind` attribute in zarr.json)",
+            ));
+        }
+        let version = ours
+            .and_then(|m| m.get("format_version"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if version == 0 || version > FORMAT_VERSION {
+            return Err(err(
+                path,
+                format!(
+                    "case store format version {version} is not supported (this mtmed3d reads 1 to {FORMAT_VERSION}): upgrade mtmed3d or rebuild the store"
+                ),
+            ));
+        }
+        let storage: ReadableWritableListableStorage =
+            Arc::new(FilesystemStore::new(path).map_err(|e| err(path, e))?);
+        let options = ours
+            .and_then(|m| m.get("options"))
+            .and_then(|o| serde_json::from_value(o.clone()).ok())
+            .unwrap_or_default();
+        Ok(CaseStore {
+            root: path.to_path_buf(),
+            options,
+            storage,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// Caps the threads zarrs uses per array (reads and writes).
+    pub fn set_codec_threads(&mut self, threads: usize) {
+        self.options.codec_threads = threads.max(1);
+    }
+
+    fn codec_options(&self) -> CodecOptions {
+        CodecOptions::default().with_concurrent_target(self.options.codec_threads.max(1))
+    }
+
+    /// Writes every volume field of the sample as an array and everything else as group
+    /// attributes, under a temporary name, then renames it into place (replacing an existing
+    /// case of the same id). `key` is stored as `cache_key`.
+    pub fn write_case(&self, sample: &Sample, key: Option<&str>) -> Result<(), StageError> {
+        let group = encode_name(&sample.id)?;
+        let partial = self.root.join(PARTIAL_DIR);
+        let tmp = partial.join(format!(
+            "{}-{}@{group}",
+            std::process::id(),
+            NONCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = self.write_into(&tmp, sample, key).and_then(|()| {
+            if self.options.durable {
+                sync_tree(&tmp)?;
+            }
+            self.commit(&tmp, &group)
+        });
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn write_into(&self, dir: &Path, sample: &Sample, key: Option<&str>) -> Result<(), StageError> {
+        fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+        let storage: ReadableWritableListableStorage =
+            Arc::new(FilesystemStore::new(dir).map_err(|e| err(dir, e))?);
+        let mut fields = BTreeMap::new();
+        let mut boxes = serde_json::Map::new();
+        for (name, field) in sample.fields() {
+            let record = match field {
+                Field::F32(a) => self.write_f32(&storage, name, a)?,
+                Field::U8(a) => {
+                    let array = encode_name(name)?;
+                    let standard = a.as_standard_layout();
+                    let values = standard.as_slice().unwrap_or_default();
+                    self.write_array(&storage, &array, a.shape(), data_type::uint8(), 0u8, values)?;
+                    FieldRecord {
+                        kind: "u8".into(),
+                        array: Some(array),
+                        stored_dtype: Some("uint8".into()),
+                        shape: Some(a.shape().to_vec()),
+                        crc32c: Some(crc32c::crc32c(values)),
+                        quantisation: None,
+                        value: None,
+                    }
+                }
+                Field::Boxes(b) => {
+                    let value =
+                        serde_json::to_value(&**b).map_err(|e| StageError::new(e.to_string()))?;
+                    boxes.insert(name.to_string(), value.clone());
+                    value_record("boxes", value)
+                }
+                Field::Number(x) => value_record("number", number_to_json(*x)),
+                Field::Text(t) => value_record("text", json!(t)),
+                Field::Json(j) => value_record("json", (**j).clone()),
+            };
+            fields.insert(name.to_string(), record);
+        }
+        let (fg_count, fg) = match sample.get(&self.options.foreground_field) {
+            Some(f) => foreground_positions(f, self.options.foreground_samples),
+            None => (0, vec![]),
+        };
+        let meta = serde_json::to_value(&sample.meta).map_err(|e| {
+            StageError::new(format!(
+                "case `{}`: its metadata cannot be stored ({e}); a non-finite affine or spacing is the usual cause",
+                sample.id
+            ))
+        })?;
+        let m = &sample.meta;
+        let codes = |a| {
+            aff2axcodes(a)
+                .iter()
+                .map(|c| c.unwrap_or('?'))
+                .collect::<String>()
+        };
+        let mut attrs = json!({
+            "mtmed3d": {
+                "format_version": FORMAT_VERSION,
+                "case_id": sample.id,
+                "cache_key": key,
+                "config_hash": self.options.config_hash,
+                "meta": meta,
+                "fields": fields,
+                "foreground": {"field": self.options.foreground_field, "count": fg_count, "voxels": fg},
+            },
+            // Plain copies for readers that are not mtmed3d (zarr-python, napari).
+            "affine": m.affine,
+            "spacing": m.spacing,
+            "orientation": codes(&m.affine),
+            "original_affine": m.original_affine,
+            "original_shape": m.original_shape,
+            "original_orientation": codes(&m.original_affine),
+            "history": m.history,
+            "boxes": boxes,
+        });
+        if let Some(grade) = m
+            .attrs
+            .get("grade")
+            .cloned()
+            .or_else(|| match sample.get("grade") {
+                Some(Field::Text(t)) => Some(json!(t)),
+                _ => None,
+            })
+        {
+            attrs["grade"] = grade;
+        }
+        fs::write(dir.join("zarr.json"), group_json(attrs)).map_err(|e| err(dir, e))
+    }
+
+    fn write_f32(
+        &self,
+        storage: &ReadableWritableListableStorage,
+        name: &str,
+        a: &ArrayD<f32>,
+    ) -> Result<FieldRecord, StageError> {
+        let array = encode_name(name)?;
+        let standard = a.as_standard_layout();
+        let values = standard.as_slice().unwrap_or_default();
+        let shape = a.shape();
+        let mut quantisation = None;
+        let crc = match self.options.dtype {
+            StoreDtype::F32 => {
+                self.write_array(storage, &array, shape, data_type::float32(), 0f32, values)?;
+                crc_of(values, f32::to_le_bytes)
+            }
+            StoreDtype::F16 => {
+                let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                self.write_array(
+                    storage,
+                    &array,
+                    shape,
+                    data_type::float16(),
+                    half::f16::ZERO,
+                    &h,
+                )?;
+                crc_of(&h, half::f16::to_le_bytes)
+            }
+            StoreDtype::I16 => {
+                let channels = if shape.len() >= 4 { shape[0] } else { 1 };
+                let per = values.len() / channels.max(1);
+                let mut q = Vec::with_capacity(values.len());
+                let mut params = Vec::with_capacity(channels);
+                for c in 0..channels {
+                    let part = &values[c * per..(c + 1) * per];
+                    let (lo, hi) = part
+                        .iter()
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                            (l.min(v), h.max(v))
+                        });
+                    if !(lo.is_finite() && hi.is_finite()) && !part.is_empty() {
+                        return Err(StageError::new(format!(
+                            "field `{name}` holds non-finite values, which int16 storage cannot keep: use `dtype: f32`"
+                        )));
+                    }
+                    let offset = if part.is_empty() {
+                        0.0
+                    } else {
+                        (f64::from(lo) + f64::from(hi)) / 2.0
+                    };
+                    let span = if part.is_empty() {
+                        0.0
+                    } else {
+                        f64::from(hi) - f64::from(lo)
+                    };
+                    let scale = if span > 0.0 { span / 65534.0 } else { 1.0 };
+                    q.extend(part.iter().map(|&v| {
+                        ((f64::from(v) - offset) / scale)
+                            .round()
+                            .clamp(-32767.0, 32767.0) as i16
+                    }));
+                    params.push([scale, offset]);
+                }
+                self.write_array(storage, &array, shape, data_type::int16(), 0i16, &q)?;
+                quantisation = Some(params);
+                crc_of(&q, i16::to_le_bytes)
+            }
+        };
+        Ok(FieldRecord {
+            kind: "f32".into(),
+            array: Some(array),
+            stored_dtype: Some(self.options.dtype.zarr_name().into()),
+            shape: Some(shape.to_vec()),
+            crc32c: Some(crc),
+            quantisation,
+            value: None,
+        })
+    }
+
+    /// Chunk (and shard) shapes for an array: leading axes whole, the last three from the
+    /// options, never larger than the array (rounded up to whole chunks when sharded).
+    fn grid(&self, shape: &[usize]) -> (Vec<u64>, Option<Vec<u64>>) {
+        let n = shape.len();
+        let full: Vec<u64> = shape.iter().map(|&s| s.max(1) as u64).collect();
+        if n < 3 {
+            return (full, None);
+        }
+        let mut chunk = full.clone();
+        for a in 0..3 {
+            chunk[n - 3 + a] = (self.options.chunk[a].min(shape[n - 3 + a])).max(1) as u64;
+        }
+        match self.options.shard {
+            None => (chunk, None),
+            Some(shard) => {
+                let mut outer = chunk.clone();
+                for a in 0..3 {
+                    let c = chunk[n - 3 + a];
+                    let whole = full[n - 3 + a].div_ceil(c) * c;
+                    // A multiple of the chunk, at most the array rounded up to whole chunks.
+                    outer[n - 3 + a] = ((shard[a] as u64 / c).max(1) * c).min(whole);
+                }
+                (outer, Some(chunk))
+            }
+        }
+    }
+
+    fn write_array<'a, T: zarrs::array::Element + Copy>(
+        &self,
+        storage: &ReadableWritableListableStorage,
+        name: &str,
+        shape: &[usize],
+        dtype: zarrs::array::DataType,
+        fill: T,
+        values: &'a [T],
+    ) -> Result<(), StageError>
+    where
+        zarrs::array::FillValue: From<T>,
+        &'a [T]: zarrs::array::IntoArrayBytes<'a>,
+    {
+        let (grid, inner) = self.grid(shape);
+        let array_shape: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
+        let zstd = Arc::new(ZstdCodec::new(self.options.level, false));
+        let mut builder = ArrayBuilder::new(
+            array_shape.clone(),
+            grid,
+            dtype,
+            zarrs::array::FillValue::from(fill),
+        );
+        builder.bytes_to_bytes_codecs(vec![zstd]);
+        if let Some(inner) = inner {
+            builder.subchunk_shape(inner);
+        }
+        let names: Option<Vec<&str>> = match shape.len() {
+            4 => Some(vec!["c", "x", "y", "z"]),
+            3 => Some(vec!["x", "y", "z"]),
+            _ => None,
+        };
+        builder.dimension_names(names);
+        let path = format!("/{name}");
+        let array = builder
+            .build(storage.clone(), &path)
+            .map_err(|e| StageError::new(format!("array `{name}`: {e}")))?;
+        array
+            .store_metadata()
+            .map_err(|e| StageError::new(format!("array `{name}`: {e}")))?;
+        if shape.iter().all(|&s| s > 0) {
+            let subset = ArraySubset::new_with_shape(array_shape);
+            array
+                .store_array_subset_opt(&subset, values, &self.codec_options())
+                .map_err(|e| StageError::new(format!("array `{name}`: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Renames a finished temporary case into place, moving aside any older copy first.
+    fn commit(&self, tmp: &Path, group: &str) -> Result<(), StageError> {
+        let target = self.root.join(group);
+        let mut old = None;
+        if target.exists() {
+            let aside = self.root.join(PARTIAL_DIR).join(format!(
+                "old-{}-{}@{group}",
+                std::process::id(),
+                NONCE.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::rename(&target, &aside).map_err(|e| err(&target, e))?;
+            old = Some(aside);
+        }
+        fs::rename(tmp, &target).map_err(|e| err(&target, e))?;
+        if self.options.durable {
+            fs::File::open(&self.root)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err(&self.root, e))?;
+        }
+        if let Some(old) = old {
+            fs::remove_dir_all(&old).map_err(|e| err(&old, e))?;
+        }
+        Ok(())
+    }
+
+    fn case_dir(&self, case: &str) -> Result<(String, PathBuf), StageError> {
+        let group = encode_name(case)?;
+        let dir = self.root.join(&group);
+        Ok((group, dir))
+    }
+
+    /// The attributes of a complete case, or `None` when it is absent.
+    pub fn case_info(&self, case: &str) -> Result<Option<CaseInfo>, StageError> {
+        let (group, dir) = self.case_dir(case)?;
+        let meta_path = dir.join("zarr.json");
+        if !meta_path.is_file() {
+            return Ok(None);
+        }
+        let doc = read_json(&meta_path)?;
+        parse_case(&doc, &group, &meta_path).map(Some)
+    }
+
+    /// The case's cache key; `None` if the case is absent or incomplete.
+    pub fn case_key(&self, case: &str) -> Result<Option<String>, StageError> {
+        if !self.is_complete(case) {
+            return Ok(None);
+        }
+        Ok(self.case_info(case)?.and_then(|i| i.key))
+    }
+
+    /// True when the case is in place, its attributes parse and every array it lists exists.
+    pub fn is_complete(&self, case: &str) -> bool {
+        let Ok(Some(info)) = self.case_info(case) else {
+            return false;
+        };
+        info.fields.values().all(|r| {
+            r.array.as_ref().is_none_or(|a| {
+                self.root
+                    .join(&info.group)
+                    .join(a)
+                    .join("zarr.json")
+                    .is_file()
+            })
+        })
+    }
+
+    fn open_array(
+        &self,
+        group: &str,
+        array: &str,
+    ) -> Result<Array<dyn zarrs::storage::ReadableWritableListableStorageTraits>, StageError> {
+        Array::open(self.storage.clone(), &format!("/{group}/{array}"))
+            .map_err(|e| err(&self.root.join(group).join(array), e))
+    }
+
+    /// Reads a field's stored values in `subset` (every axis given) as f32 or u8.
+    fn read_field(
+        &self,
+        info: &CaseInfo,
+        name: &str,
+        subset: &[std::ops::Range<u64>],
+    ) -> Result<Field, StageError> {
+        let record = &info.fields[name];
+        let array_name = record.array.as_deref().unwrap_or(name);
+        let array = self.open_array(&info.group, array_name)?;
+        let path = self.root.join(&info.group).join(array_name);
+        let region = ArraySubset::new_with_ranges(subset);
+        let opts = self.codec_options();
+        let e = |e: zarrs::array::ArrayError| err(&path, e);
+        match (record.kind.as_str(), record.stored_dtype.as_deref()) {
+            ("u8", _) => Ok(Field::u8(
+                array
+                    .retrieve_array_subset_opt::<ArrayD<u8>>(&region, &opts)
+                    .map_err(e)?,
+            )),
+            ("f32", Some("float32")) => Ok(Field::f32(
+                array
+                    .retrieve_array_subset_opt::<ArrayD<f32>>(&region, &opts)
+                    .map_err(e)?,
+            )),
+            ("f32", Some("float16")) => Ok(Field::f32(
+                array
+                    .retrieve_array_subset_opt::<ArrayD<half::f16>>(&region, &opts)
+                    .map_err(e)?
+                    .mapv(half::f16::to_f32),
+            )),
+            ("f32", Some("int16")) => {
+                let q = array
+                    .retrieve_array_subset_opt::<ArrayD<i16>>(&region, &opts)
+                    .map_err(e)?;
+                let params = record.quantisation.clone().unwrap_or_default();
+                let mut out = ArrayD::<f32>::zeros(q.raw_dim());
+                let nd = q.ndim();
+                for (idx, v) in q.indexed_iter() {
+                    let c = if nd >= 4 {
+                        idx[0] + subset[0].start as usize
+                    } else {
+                        0
+                    };
+                    let [scale, offset] = params.get(c).copied().unwrap_or([1.0, 0.0]);
+                    out[&idx] = (f64::from(*v) * scale + offset) as f32;
+                }
+                Ok(Field::f32(out))
+            }
+            (kind, dtype) => Err(err(
+                &path,
+                format!(
+                    "field `{name}` has an unknown storage ({kind}, {dtype:?}): written by another mtmed3d version?"
+                ),
+            )),
+        }
+    }
+
+    fn missing(&self, case: &str) -> StageError {
+        err(
+            &self.root,
+            format!(
+                "case `{case}` is not in the store or is incomplete (`mtmed3d cache list {}` shows what is there)",
+                self.root.display()
+            ),
+        )
+    }
+
+    /// Rebuilds the sample exactly as written (id, meta, every field; epoch 0). Volumes
+    /// stored as f16 or i16 come back as the nearest f32.
+    pub fn read_case(&self, case: &str) -> Result<Sample, StageError> {
+        let info = self.case_info(case)?.ok_or_else(|| self.missing(case))?;
+        let mut sample = Sample::new(info.id.clone());
+        sample.meta = info.meta.clone();
+        for (name, record) in &info.fields {
+            let field = match record.kind.as_str() {
+                "f32" | "u8" => {
+                    let shape = record.shape.clone().unwrap_or_default();
+                    let subset: Vec<_> = shape.iter().map(|&s| 0..s as u64).collect();
+                    if shape.contains(&0) {
+                        empty_field(&record.kind, &shape)
+                    } else {
+                        self.read_field(&info, name, &subset)?
+                    }
+                }
+                _ => value_field(record).map_err(|m| {
+                    err(&self.root.join(&info.group), format!("field `{name}`: {m}"))
+                })?,
+            };
+            sample.insert(name.clone(), field);
+        }
+        Ok(sample)
+    }
+
+    /// Reads the window of `size` starting at `start` (negative or past the end = zero
+    /// padding) of every volume field, reading only the chunks it touches; boxes, affine and
+    /// history change exactly as the `crop` stage changes them.
+    pub fn read_crop(
+        &self,
+        case: &str,
+        start: [i64; 3],
+        size: [usize; 3],
+    ) -> Result<Sample, StageError> {
+        let info = self.case_info(case)?.ok_or_else(|| self.missing(case))?;
+        self.read_crop_info(&info, start, size)
+    }
+
+    /// [`CaseStore::read_crop`] for a case whose attributes are already read.
+    pub fn read_crop_info(
+        &self,
+        info: &CaseInfo,
+        start: [i64; 3],
+        size: [usize; 3],
+    ) -> Result<Sample, StageError> {
+        let mut sample = Sample::new(info.id.clone());
+        sample.meta = info.meta.clone();
+        let mut spatial: Option<[usize; 3]> = None;
+        for (name, record) in &info.fields {
+            let field = match (record.kind.as_str(), &record.shape) {
+                ("f32" | "u8", Some(shape)) if shape.len() >= 3 => {
+                    let n = shape.len();
+                    let this = [shape[n - 3], shape[n - 2], shape[n - 1]];
+                    if spatial.is_some_and(|s| s != this) {
+                        return Err(err(
+                            &self.root.join(&info.group),
+                            format!(
+                                "field `{name}` has spatial shape {this:?}, unlike the others ({spatial:?}): cannot crop them together"
+                            ),
+                        ));
+                    }
+                    spatial = Some(this);
+                    let mut out_shape = shape.clone();
+                    out_shape[n - 3..].copy_from_slice(&size);
+                    let mut ranges: Vec<std::ops::Range<u64>> =
+                        shape[..n - 3].iter().map(|&s| 0..s as u64).collect();
+                    let mut dst: Vec<SliceInfoElem> = vec![SliceInfoElem::from(..); n - 3];
+                    let mut overlap = true;
+                    for a in 0..3 {
+                        let len = this[a] as i64;
+                        let lo = start[a].max(0);
+                        let hi = (start[a] + size[a] as i64).min(len);
+                        if lo >= hi {
+                            overlap = false;
+                            break;
+                        }
+                        ranges.push(lo as u64..hi as u64);
+                        dst.push(SliceInfoElem::from(
+                            (lo - start[a]) as isize..(hi - start[a]) as isize,
+                        ));
+                    }
+                    let whole = |kind: &str| empty_field(kind, &out_shape);
+                    if !overlap || shape[..n - 3].contains(&0) {
+                        whole(&record.kind)
+                    } else {
+                        match self.read_field(info, name, &ranges)? {
+                            Field::F32(part) => {
+                                let mut out = ArrayD::<f32>::zeros(IxDyn(&out_shape));
+                                out.slice_mut(dst.as_slice()).assign(&*part);
+                                Field::f32(out)
+                            }
+                            Field::U8(part) => {
+                                let mut out = ArrayD::<u8>::zeros(IxDyn(&out_shape));
+                                out.slice_mut(dst.as_slice()).assign(&*part);
+                                Field::u8(out)
+                            }
+                            other => other,
+                        }
+                    }
+                }
+                ("f32" | "u8", _) => {
+                    // Volumes of fewer than three axes are not spatial: read whole.
+                    let shape = record.shape.clone().unwrap_or_default();
+                    let subset: Vec<_> = shape.iter().map(|&s| 0..s as u64).collect();
+                    if shape.contains(&0) {
+                        empty_field(&record.kind, &shape)
+                    } else {
+                        self.read_field(info, name, &subset)?
+                    }
+                }
+                _ => value_field(record).map_err(|m| {
+                    err(&self.root.join(&info.group), format!("field `{name}`: {m}"))
+                })?,
+            };
+            sample.insert(name.clone(), field);
+        }
+        let shape_before = spatial.ok_or_else(|| {
+            err(
+                &self.root.join(&info.group),
+                "the case has no 3D volume to crop",
+            )
+        })?;
+        map_boxes(&mut sample, |c| crop_box(c, start, size))?;
+        sample.meta.affine = shifted_affine(&sample.meta.affine, start);
+        sample.meta.history.push(SpatialOp::Crop {
+            start,
+            shape_before,
+            shape_after: size,
+        });
+        Ok(sample)
+    }
+
+    /// Every case in the store, complete or being written (interrupted writes show as
+    /// incomplete until `finalise` removes them), sorted by id.
+    pub fn list(&self) -> Result<Vec<CaseEntry>, StageError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(|e| err(&self.root, e))? {
+            let entry = entry.map_err(|e| err(&self.root, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.path().is_dir() {
+                continue;
+            }
+            let Some(id) = decode_name(&name) else {
+                continue;
+            };
+            let info = self.case_info(&id).ok().flatten();
+            let complete = info.is_some() && self.is_complete(&id);
+            out.push(match info {
+                Some(info) => CaseEntry {
+                    id: info.id.clone(),
+                    group: name,
+                    complete,
+                    key: info.key.clone(),
+                    config_hash: info.config_hash.clone(),
+                    arrays: info
+                        .fields
+                        .iter()
+                        .filter_map(|(f, r)| {
+                            Some(ArrayEntry {
+                                field: f.clone(),
+                                shape: r.shape.as_ref()?.iter().map(|&s| s as u64).collect(),
+                                dtype: r.stored_dtype.clone()?,
+                            })
+                        })
+                        .collect(),
+                },
+                None => CaseEntry {
+                    id,
+                    group: name,
+                    complete: false,
+                    key: None,
+                    config_hash: None,
+                    arrays: vec![],
+                },
+            });
+        }
+        let partial = self.root.join(PARTIAL_DIR);
+        if partial.is_dir() {
+            for entry in fs::read_dir(&partial).map_err(|e| err(&partial, e))? {
+                let entry = entry.map_err(|e| err(&partial, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some((_, group)) = name.split_once('@') else {
+                    continue;
+                };
+                if name.starts_with("old-") {
+                    continue;
+                }
+                if let Some(id) = decode_name(group) {
+                    out.push(CaseEntry {
+                        id,
+                        group: format!("{PARTIAL_DIR}/{name}"),
+                        complete: false,
+                        key: None,
+                        config_hash: None,
+                        arrays: vec![],
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.id, !a.complete).cmp(&(&b.id, !b.complete)));
+        Ok(out)
+    }
+
+    /// Ids of the complete cases, made with `config_hash` when given.
+    pub fn complete_cases(&self, config_hash: Option<&str>) -> Result<Vec<String>, StageError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|c| c.complete)
+            .filter(|c| config_hash.is_none() || c.config_hash.as_deref() == config_hash)
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Reads every array of a case in full and checks shapes and checksums; returns the
+    /// problems found (empty: the case is sound).
+    pub fn verify_case(&self, case: &str) -> Result<Vec<String>, StageError> {
+        let Some(info) = self.case_info(case)? else {
+            return Ok(vec!["absent or incomplete".into()]);
+        };
+        let mut problems = Vec::new();
+        for (name, record) in &info.fields {
+            let (Some(array_name), Some(shape)) = (&record.array, &record.shape) else {
+                continue;
+            };
+            let array = match self.open_array(&info.group, array_name) {
+                Ok(a) => a,
+                Err(e) => {
+                    problems.push(format!("field `{name}`: {e}"));
+                    continue;
+                }
+            };
+            let stored: Vec<usize> = array.shape().iter().map(|&s| s as usize).collect();
+            if &stored != shape {
+                problems.push(format!(
+                    "field `{name}`: array shape {stored:?}, attributes say {shape:?}"
+                ));
+                continue;
+            }
+            if shape.contains(&0) {
+                continue;
+            }
+            let all = ArraySubset::new_with_shape(array.shape().to_vec());
+            let opts = self.codec_options();
+            let crc = match record.stored_dtype.as_deref() {
+                Some("uint8") => array
+                    .retrieve_array_subset_opt::<Vec<u8>>(&all, &opts)
+                    .map(|v| crc32c::crc32c(&v)),
+                Some("float32") => array
+                    .retrieve_array_subset_opt::<Vec<f32>>(&all, &opts)
+                    .map(|v| crc_of(&v, f32::to_le_bytes)),
+                Some("float16") => array
+                    .retrieve_array_subset_opt::<Vec<half::f16>>(&all, &opts)
+                    .map(|v| crc_of(&v, half::f16::to_le_bytes)),
+                Some("int16") => array
+                    .retrieve_array_subset_opt::<Vec<i16>>(&all, &opts)
+                    .map(|v| crc_of(&v, i16::to_le_bytes)),
+                other => {
+                    problems.push(format!("field `{name}`: unknown stored dtype {other:?}"));
+                    continue;
+                }
+            };
+            match crc {
+                Err(e) => problems.push(format!("field `{name}`: cannot be read: {e}")),
+                Ok(crc) if Some(crc) != record.crc32c => problems.push(format!(
+                    "field `{name}`: checksum {crc:08x} differs from the recorded {:08x}",
+                    record.crc32c.unwrap_or(0)
+                )),
+                Ok(_) => {}
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Writes the manifest (the sorted list of complete cases with their keys) into the root
+    /// group's attributes and removes leftovers of interrupted writes. Run it when no writer
+    /// is active (after every shard has finished).
+    pub fn finalise(&self) -> Result<Vec<CaseEntry>, StageError> {
+        let cases = self.write_manifest()?;
+        let partial = self.root.join(PARTIAL_DIR);
+        if partial.is_dir() {
+            for entry in fs::read_dir(&partial).map_err(|e| err(&partial, e))? {
+                let path = entry.map_err(|e| err(&partial, e))?.path();
+                fs::remove_dir_all(&path).map_err(|e| err(&path, e))?;
+            }
+        }
+        Ok(cases)
+    }
+
+    /// Writes the manifest of the cases complete now into the root group's attributes
+    /// (atomically; safe while other shards write, though it may then miss their latest).
+    pub fn write_manifest(&self) -> Result<Vec<CaseEntry>, StageError> {
+        let cases: Vec<CaseEntry> = self.list()?.into_iter().filter(|c| c.complete).collect();
+        let meta = self.root.join("zarr.json");
+        let mut doc = read_json(&meta)?;
+        let manifest: Vec<Value> = cases
+            .iter()
+            .map(|c| json!({"id": c.id, "group": c.group, "key": c.key, "config_hash": c.config_hash}))
+            .collect();
+        let attrs = doc
+            .get_mut("attributes")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| err(&meta, "no attributes"))?;
+        attrs.insert("cases".into(), Value::Array(manifest));
+        let bytes = group_json(Value::Object(attrs.clone()));
+        write_atomic(&meta, &bytes, self.options.durable)?;
+        Ok(cases)
+    }
+}
+
+fn value_record(kind: &str, value: Value) -> FieldRecord {
+    FieldRecord {
+        kind: kind.into(),
+        array: None,
+        stored_dtype: None,
+        shape: None,
+        crc32c: None,
+        quantisation: None,
+        value: Some(value),
+    }
+}
+
+fn empty_field(kind: &str, shape: &[usize]) -> Field {
+    if kind == "u8" {
+        Field::u8(ArrayD::zeros(IxDyn(shape)))
+    } else {
+        Field::f32(ArrayD::zeros(IxDyn(shape)))
+    }
+}
+
+fn value_field(record: &FieldRecord) -> Result<Field, String> {
+    let value = record.value.clone().unwrap_or(Value::Null);
+    Ok(match record.kind.as_str() {
+        "boxes" => Field::Boxes(Arc::new(
+            serde_json::from_value::<Vec<BoundingBox>>(value).map_err(|e| e.to_string())?,
+        )),
+        "number" => Field::Number(number_from_json(&value).ok_or("not a number")?),
+        "text" => Field::Text(value.as_str().ok_or("not a string")?.to_string()),
+        "json" => Field::Json(Arc::new(value)),
+        other => return Err(format!("unknown field kind `{other}`")),
+    })
+}
+
+fn parse_case(doc: &Value, group: &str, path: &Path) -> Result<CaseInfo, StageError> {
+    let ours = doc
+        .get("attributes")
+        .and_then(|a| a.get("mtmed3d"))
+        .ok_or_else(|| err(path, "not a mtmed3d case (no `mtmed3d` attributes)"))?;
+    let version = ours
+        .get("format_version")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(err(
+            path,
+            format!(
+                "case format version {version} is not supported (this mtmed3d reads 1 to {FORMAT_VERSION})"
+            ),
+        ));
+    }
+    let get = |k: &str| ours.get(k).cloned().unwrap_or(Value::Null);
+    let meta: Meta = serde_json::from_value(get("meta"))
+        .map_err(|e| err(path, format!("case metadata: {e}")))?;
+    let fields: BTreeMap<String, FieldRecord> = serde_json::from_value(get("fields"))
+        .map_err(|e| err(path, format!("case fields: {e}")))?;
+    let id = get("case_id")
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| err(path, "no `case_id`"))?;
+    let fg = get("foreground");
+    Ok(CaseInfo {
+        id,
+        group: group.to_string(),
+        key: get("cache_key").as_str().map(str::to_string),
+        config_hash: get("config_hash").as_str().map(str::to_string),
+        meta,
+        foreground_count: fg.get("count").and_then(Value::as_u64).unwrap_or(0) as usize,
+        foreground: fg
+            .get("voxels")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default(),
+        fields,
+    })
+}
+
+fn check_options(o: &StoreOptions) -> Result<(), StageError> {
+    if o.chunk.contains(&0) {
+        return Err(StageError::new("`chunk` sizes must be at least 1"));
+    }
+    if let Some(shard) = o.shard
+        && (0..3).any(|a| shard[a] == 0 || shard[a] % o.chunk[a] != 0)
+    {
+        return Err(StageError::new(format!(
+            "`shard` {shard:?} must be a multiple of `chunk` {:?} along every axis",
+            o.chunk
+        )));
+    }
+    if !(1..=22).contains(&o.level) {
+        return Err(StageError::new("`level` (zstd) must be within 1–22"));
+    }
+    Ok(())
+}
+
+/// fsyncs every file and folder below `dir`.
+fn sync_tree(dir: &Path) -> Result<(), StageError> {
+    for entry in fs::read_dir(dir).map_err(|e| err(dir, e))? {
+        let path = entry.map_err(|e| err(dir, e))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| err(&path, e))?;
+        }
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err(dir, e))
+}
+
+/// Makes a sample's `f32` and `u8` volumes and non-volume fields comparable (for tests).
+pub fn same_sample(a: &Sample, b: &Sample) -> Result<(), String> {
+    if a.id != b.id {
+        return Err(format!("ids differ: {} vs {}", a.id, b.id));
+    }
+    if a.meta != b.meta {
+        return Err(format!("meta differs: {:?} vs {:?}", a.meta, b.meta));
+    }
+    let na: Vec<&str> = a.field_names().collect();
+    let nb: Vec<&str> = b.field_names().collect();
+    if na != nb {
+        return Err(format!("fields differ: {na:?} vs {nb:?}"));
+    }
+    for (name, fa) in a.fields() {
+        let fb = b.get(name).ok_or("missing")?;
+        let same = match (fa, fb) {
+            (Field::F32(x), Field::F32(y)) => {
+                x.shape() == y.shape()
+                    && x.iter()
+                        .zip(y.iter())
+                        .all(|(p, q)| p.to_bits() == q.to_bits())
+            }
+            (Field::U8(x), Field::U8(y)) => x == y,
+            (Field::Boxes(x), Field::Boxes(y)) => x == y,
+            (Field::Number(x), Field::Number(y)) => x.to_bits() == y.to_bits(),
+            (Field::Text(x), Field::Text(y)) => x == y,
+            (Field::Json(x), Field::Json(y)) => x == y,
+            _ => false,
+        };
+        if !same {
+            return Err(format!("field `{name}` differs"));
+        }
+    }
+    Ok(())
+}
