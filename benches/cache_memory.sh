@@ -20,13 +20,17 @@ bin="$(realpath "${MTMED3D_BIN:-${CARGO_TARGET_DIR:-target}/release/mtmed3d}")"
 peak_kb() { # CASES
   "$bin" phantom --out "$work/data$1" --cases "$1" --seed 1 >/dev/null 2>&1
   rm -rf "$work/store$1.zarr"
-  (cd "$work" && RUST_LOG=error /usr/bin/time -v "$bin" run "$repo/configs/brats-cache.yaml" \
-     --set "source.brats.root=data$1" --set "sinks.zarr_write.path=store$1.zarr" 2>&1 >/dev/null) \
-    | awk '/Maximum resident set size/ {print $6}'
+  local log="$work/time$1.txt"
+  if ! (cd "$work" && RUST_LOG=error /usr/bin/time -v "$bin" run "$repo/configs/brats-cache.yaml" \
+     --set "source.brats.root=data$1" --set "sinks.zarr_write.path=store$1.zarr" >/dev/null 2>"$log"); then
+    echo "the run over $1 cases failed:" >&2; cat "$log" >&2; exit 1
+  fi
+  awk '/Maximum resident set size/ {print $6}' "$log"
 }
 
 a=$(peak_kb "$small")
 b=$(peak_kb "$large")
+rm -rf "$work"/store*.zarr
 python3 - "$small" "$a" "$large" "$b" <<'PY'
 import sys
 s, a, l, b = map(int, sys.argv[1:])

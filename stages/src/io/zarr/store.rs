@@ -577,7 +577,7 @@ impl CaseStore {
                         .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
                             (l.min(v), h.max(v))
                         });
-                    if !(lo.is_finite() && hi.is_finite()) && !part.is_empty() {
+                    if part.iter().any(|v| !v.is_finite()) {
                         return Err(StageError::new(format!(
                             "field `{name}` holds non-finite values, which int16 storage cannot keep: use `dtype: f32`"
                         )));
