@@ -61,11 +61,12 @@ impl Default for CommonOptions {
 
 pub const COMMON_OPTIONS: [&str; 3] = ["workers", "queue", "on_error"];
 
-const TOP_LEVEL: [&str; 10] = [
+const TOP_LEVEL: [&str; 11] = [
     "name",
     "description",
     "seed",
     "epochs",
+    "shuffle",
     "allow_failures",
     "defaults",
     "source",
@@ -82,15 +83,35 @@ pub struct Planned {
     pub config: Box<dyn ErasedConfig>,
     /// The component's own parameters as written (without the common options).
     pub params: Node,
+    /// The parameters with every default filled in, so `{}` and `{axcodes: RAS}` are the
+    /// same config (cache keys hash this).
+    pub canonical: serde_json::Value,
     /// Where the component's name is written.
     pub loc: Loc,
 }
 
 impl Planned {
-    /// The parameters as canonical JSON (for display and cache keys).
+    /// The parameters as written, as JSON (for display).
     pub fn params_json(&self) -> serde_json::Value {
         self.params.to_json()
     }
+}
+
+/// Parameters as written, plus the schema's default of every parameter not written. Object
+/// keys of `serde_json::Value` are sorted, so equal configs serialise to equal text.
+fn canonical_params(
+    written: &serde_json::Value,
+    params: &[crate::registry::ParamDoc],
+) -> serde_json::Value {
+    let mut map = written.as_object().cloned().unwrap_or_default();
+    for p in params {
+        if let Some(default) = &p.default
+            && !map.contains_key(&p.name)
+        {
+            map.insert(p.name.clone(), default.clone());
+        }
+    }
+    serde_json::Value::Object(map)
 }
 
 /// A validated pipeline, ready to build and run.
@@ -100,6 +121,8 @@ pub struct Plan {
     pub seed: u64,
     pub epochs: u32,
     pub allow_failures: bool,
+    /// Feed the cases in a new order each epoch, drawn from the seed.
+    pub shuffle: bool,
     pub source: Planned,
     pub stages: Vec<Planned>,
     pub sinks: Vec<Planned>,
@@ -312,6 +335,7 @@ impl Validator<'_> {
             ));
         }
         let allow_failures: bool = self.scalar(root, "allow_failures").unwrap_or(false);
+        let shuffle: bool = self.scalar(root, "shuffle").unwrap_or(false);
         let defaults = match root.get("defaults") {
             Some((_, node)) => self.common_options(node, CommonOptions::default()).0,
             None => CommonOptions::default(),
@@ -357,6 +381,7 @@ impl Validator<'_> {
             sinks.as_ref().unwrap_or(&no_components),
         );
         self.check_outputs(sinks.as_ref().unwrap_or(&no_components));
+        self.check_cache(stages.as_ref().unwrap_or(&no_components));
         let source = source?;
         let stages = stages?.into_iter().collect::<Option<Vec<_>>>()?;
         let sinks = sinks?.into_iter().collect::<Option<Vec<_>>>()?;
@@ -366,6 +391,7 @@ impl Validator<'_> {
             seed,
             epochs,
             allow_failures,
+            shuffle,
             source,
             stages,
             sinks,
@@ -612,12 +638,14 @@ impl Validator<'_> {
         if self.errors.len() > before {
             return None;
         }
+        let canonical = canonical_params(&own.to_json(), &entry.params());
         Some(Planned {
             name: name.to_string(),
             kind,
             options,
             config,
             params: own,
+            canonical,
             loc: key.loc,
         })
     }
@@ -718,6 +746,48 @@ impl Validator<'_> {
                 )
                 .with_help(help),
             );
+        }
+    }
+
+    /// A cache stores what the stages before it compute, so at most one cache, and nothing
+    /// random before it (its stored result would freeze one draw of the randomness).
+    fn check_cache(&mut self, stages: &[Option<Planned>]) {
+        let Some(cache_at) = stages
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.config.is_cache()))
+        else {
+            return;
+        };
+        let cache = stages[cache_at].as_ref().expect("found above");
+        for stage in stages[..cache_at].iter().flatten() {
+            if stage.config.random() {
+                self.error(
+                    Diagnostic::new(
+                        K::MisplacedStage,
+                        stage.loc,
+                        format!(
+                            "`{}` is random, so it cannot come before `{}` (line {}): a cache stores what the stages before it compute, which must be the same on every run",
+                            stage.name, cache.name, cache.loc.line
+                        ),
+                    )
+                    .with_help(format!("move `{}` after `{}`", stage.name, cache.name)),
+                );
+            }
+        }
+        for stage in stages[cache_at + 1..].iter().flatten() {
+            if stage.config.is_cache() {
+                self.error(
+                    Diagnostic::new(
+                        K::MisplacedStage,
+                        stage.loc,
+                        format!(
+                            "a pipeline has at most one cache; `{}` at line {} is the first",
+                            cache.name, cache.loc.line
+                        ),
+                    )
+                    .with_help("remove one of them"),
+                );
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 //! # Ok::<(), String>(())
 //! ```
 
+pub mod cache_key;
 pub mod config;
 pub mod error;
 pub mod graph;
@@ -27,6 +28,6 @@ pub use registry::{Kind, Registry};
 pub use runtime::{RunOptions, RunSummary, Shard};
 pub use sample::{Affine, BoundingBox, Field, Meta, Sample, SpatialOp};
 pub use stage::{
-    BuildContext, Component, FinishContext, Problem, Sink, SinkConfig, Source, SourceConfig, Stage,
-    StageConfig, StageContext,
+    BuildContext, CacheLookup, Component, FinishContext, Problem, Sink, SinkConfig, Source,
+    SourceConfig, Stage, StageConfig, StageContext,
 };

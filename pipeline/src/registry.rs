@@ -44,6 +44,8 @@ pub trait ErasedConfig: Send + Sync {
     fn writes(&self) -> Vec<String>;
     fn outputs(&self) -> Vec<PathBuf>;
     fn check(&self) -> Vec<Problem>;
+    fn random(&self) -> bool;
+    fn is_cache(&self) -> bool;
     fn build(&self, ctx: &BuildContext) -> Result<Built, StageError>;
 }
 
@@ -67,6 +69,12 @@ macro_rules! erase {
             }
             fn check(&self) -> Vec<Problem> {
                 self.0.check()
+            }
+            fn random(&self) -> bool {
+                self.0.random()
+            }
+            fn is_cache(&self) -> bool {
+                self.0.is_cache()
             }
             fn build(&self, ctx: &BuildContext) -> Result<Built, StageError> {
                 self.0.build(ctx).map(Built::$variant)

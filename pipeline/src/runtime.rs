@@ -161,6 +161,9 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// Stopped by a sample failing under `on_error: fail`.
     pub fatal: bool,
+    /// Cases read from the cache (skipping the stages before it) and cases computed.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
     pub peak_in_flight: u64,
     /// The bound the channels guarantee (Σ queue + Σ workers).
     pub in_flight_bound: u64,
@@ -208,6 +211,13 @@ impl RunSummary {
             self.peak_in_flight,
             self.in_flight_bound,
         );
+        if self.cache_hits + self.cache_misses > 0 {
+            let _ = writeln!(
+                out,
+                "  cache: {} hits, {} computed",
+                self.cache_hits, self.cache_misses
+            );
+        }
         let _ = writeln!(
             out,
             "  {:<20} {:>7} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9}",
@@ -261,6 +271,8 @@ struct RunState {
     failures: Mutex<Vec<CaseFailure>>,
     cancel: Arc<AtomicBool>,
     fatal: AtomicBool,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
 }
 
 impl RunState {
@@ -481,37 +493,131 @@ fn serve(
 
 /// Builds every component of a plan, then runs it.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
-    let ctx = BuildContext {
+    let mut ctx = BuildContext {
         pipeline_name: plan.name.clone(),
         pipeline_file: Some(plan.file.clone()),
         seed: plan.seed,
         epochs: plan.epochs,
+        cases_per_epoch: None,
     };
-    let build = |p: &Planned| {
-        p.config.build(&ctx).map_err(|e| RunError::Build {
+    let build = |p: &Planned, ctx: &BuildContext| {
+        p.config.build(ctx).map_err(|e| RunError::Build {
             component: p.name.clone(),
             message: e.message,
         })
     };
-    let source = match build(&plan.source)? {
+    let source = match build(&plan.source, &ctx)? {
         Built::Source(s) => s,
         _ => unreachable!("validated as a source"),
     };
+    let cases = case_list(plan, source.as_ref(), options)?;
+    ctx.cases_per_epoch = Some(cases.len());
     let mut stages = Vec::new();
     for p in &plan.stages {
-        match build(p)? {
+        match build(p, &ctx)? {
             Built::Stage(s) => stages.push(s),
             _ => unreachable!("validated as a stage"),
         }
     }
     let mut sinks = Vec::new();
     for p in &plan.sinks {
-        match build(p)? {
+        match build(p, &ctx)? {
             Built::Sink(s) => sinks.push(s),
             _ => unreachable!("validated as a sink"),
         }
     }
-    run_built(plan, source, stages, sinks, options)
+    run_with_cases(plan, source, cases, stages, sinks, options)
+}
+
+/// The source's cases, sorted, without duplicates, restricted to the shard.
+fn case_list(
+    plan: &Plan,
+    source: &dyn Source,
+    options: &RunOptions,
+) -> Result<Vec<String>, RunError> {
+    let mut cases = source.cases().map_err(|e| RunError::Cases {
+        source_name: plan.source.name.clone(),
+        message: e.message,
+    })?;
+    cases.sort();
+    cases.dedup();
+    if let Some(shard) = options.shard {
+        cases = shard.select(cases);
+    }
+    Ok(cases)
+}
+
+/// The order cases are fed in one epoch: sorted, or shuffled from (seed, epoch) when the
+/// pipeline asks, so the order is the same on every run and every machine.
+fn epoch_order(plan: &Plan, cases: &[String], epoch: u32) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    if plan.shuffle {
+        use rand_chacha::ChaCha8Rng;
+        use rand_chacha::rand_core::{Rng, SeedableRng};
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(crate::rng::sample_seed(plan.seed, epoch, "", 0, "shuffle"));
+        // Fisher–Yates.
+        for i in (1..order.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+    }
+    order
+}
+
+/// The case's cache key, and the cached sample when there is a complete entry under it.
+fn cache_lookup(
+    cache: Option<&CachePlan>,
+    source: &dyn Source,
+    case: &str,
+) -> Result<(Option<String>, Option<Sample>), StageError> {
+    let Some(cache) = cache else {
+        return Ok((None, None));
+    };
+    let Some(key) = cache.key(source, case)? else {
+        return Ok((None, None));
+    };
+    let hit = cache.lookup.lookup(case, &key)?;
+    Ok((Some(key), hit))
+}
+
+/// The cache stage of a pipeline and what its keys are made of.
+struct CachePlan {
+    /// Index of the cache stage among the stages.
+    stage: usize,
+    lookup: Arc<dyn crate::stage::CacheLookup>,
+    /// Hash of the format version and the canonical configs of the source and the stages
+    /// before the cache.
+    prefix: String,
+}
+
+impl CachePlan {
+    fn find(plan: &Plan, stages: &[Box<dyn Stage>]) -> Option<CachePlan> {
+        let (stage, lookup) = stages
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.cache().map(|l| (i, l)))?;
+        let prefix: Vec<serde_json::Value> = std::iter::once(&plan.source)
+            .chain(plan.stages[..stage].iter())
+            .map(|p| serde_json::json!({"component": p.name, "params": p.canonical}))
+            .collect();
+        let text = crate::cache_key::canonical_text(&serde_json::json!({
+            "format_version": lookup.format_version(),
+            "prefix": prefix,
+        }));
+        Some(CachePlan {
+            stage,
+            lookup,
+            prefix: crate::cache_key::digest(&text),
+        })
+    }
+
+    /// The key of one case; `None` when the source cannot identify its inputs.
+    fn key(&self, source: &dyn Source, case: &str) -> Result<Option<String>, StageError> {
+        Ok(source.identity(case)?.map(|identity| {
+            crate::cache_key::digest(&format!("{}\n{case}\n{identity}", self.prefix))
+        }))
+    }
 }
 
 /// Runs components that are already built (for library users and tests).
@@ -522,15 +628,29 @@ pub fn run_built(
     sinks: Vec<Box<dyn Sink>>,
     options: &RunOptions,
 ) -> Result<RunSummary, RunError> {
+    let cases = case_list(plan, source.as_ref(), options)?;
+    run_with_cases(plan, source, cases, stages, sinks, options)
+}
+
+fn run_with_cases(
+    plan: &Plan,
+    source: Box<dyn Source>,
+    cases: Vec<String>,
+    stages: Vec<Box<dyn Stage>>,
+    sinks: Vec<Box<dyn Sink>>,
+    options: &RunOptions,
+) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let mut cases = source.cases().map_err(|e| RunError::Cases {
-        source_name: plan.source.name.clone(),
-        message: e.message,
-    })?;
-    cases.sort();
-    cases.dedup();
-    if let Some(shard) = options.shard {
-        cases = shard.select(cases);
+    let cache = CachePlan::find(plan, &stages);
+    if let Some(c) = &cache
+        && let Some(first) = cases.first()
+        && matches!(c.key(source.as_ref(), first), Ok(None))
+    {
+        tracing::warn!(
+            "source `{}` cannot identify its cases' inputs, so `{}` recomputes every case",
+            plan.source.name,
+            plan.stages[c.stage].name
+        );
     }
     let cancel = options
         .cancel
@@ -547,6 +667,8 @@ pub fn run_built(
         failures: Mutex::new(Vec::new()),
         cancel: cancel.clone(),
         fatal: AtomicBool::new(false),
+        cache_hits: AtomicU64::new(0),
+        cache_misses: AtomicU64::new(0),
     });
     let total = cases.len() as u64 * u64::from(plan.epochs);
     let style = ProgressStyle::with_template(
@@ -609,6 +731,12 @@ pub fn run_built(
             }
         })
         .collect();
+    // Cache hits skip the source's work and every stage before the cache: they go straight
+    // into the cache stage's channel.
+    let hit_output = cache.as_ref().map(|c| Outputs {
+        senders: vec![stage_senders[c.stage].clone()],
+        terminal: false,
+    });
     drop(stage_senders);
     drop(sink_senders);
 
@@ -644,20 +772,22 @@ pub fn run_built(
     };
 
     std::thread::scope(|scope| {
-        // Feeder: (epoch, case) pairs, stopping early on cancel.
-        let (case_tx, case_rx) = bounded::<(u32, String)>(source_hop.options.workers);
+        // Feeder: (epoch, seq, case), stopping early on cancel.
+        let (case_tx, case_rx) = bounded::<(u32, u64, String)>(source_hop.options.workers);
         {
             let cases = &cases;
             let cancel = &cancel;
             let epochs = plan.epochs;
             scope.spawn(move || {
+                let mut seq = 0u64;
                 'feed: for epoch in 0..epochs {
-                    for case in cases {
+                    for i in epoch_order(plan, cases, epoch) {
                         if cancel.load(Ordering::SeqCst)
-                            || case_tx.send((epoch, case.clone())).is_err()
+                            || case_tx.send((epoch, seq, cases[i].clone())).is_err()
                         {
                             break 'feed;
                         }
+                        seq += 1;
                     }
                 }
             });
@@ -669,15 +799,19 @@ pub fn run_built(
             let hop = &source_hop;
             let source = source.as_ref();
             let state = &state;
+            let cache = cache.as_ref();
+            let hit_output = hit_output;
+            let skipped = cache.map(|c| &stage_hops[..c.stage]).unwrap_or(&[]);
             scope.spawn(move || {
                 std::thread::scope(|inner| {
                     for _ in 0..hop.options.workers {
                         let case_rx = case_rx.clone();
                         let out = &out;
+                        let hit_output = hit_output.as_ref();
                         inner.spawn(move || {
                             loop {
                                 let wait = Instant::now();
-                                let Ok((epoch, case)) = case_rx.recv() else {
+                                let Ok((epoch, seq, case)) = case_rx.recv() else {
                                     break;
                                 };
                                 hop.counters
@@ -689,6 +823,45 @@ pub fn run_built(
                                 hop.counters.received.fetch_add(1, Ordering::Relaxed);
                                 let token = InFlightToken::new(state.clone());
                                 let busy = Instant::now();
+                                let looked_up = catch_unwind(AssertUnwindSafe(|| {
+                                    cache_lookup(cache, source, &case)
+                                }))
+                                .unwrap_or_else(|p| Err(panic_message(p)));
+                                let (key, hit) = match looked_up {
+                                    Ok(found) => found,
+                                    Err(e) => {
+                                        // A broken cache entry is recomputed, not fatal.
+                                        tracing::warn!(
+                                            "cache lookup for `{case}` failed ({}); computing it",
+                                            e.message
+                                        );
+                                        (None, None)
+                                    }
+                                };
+                                if let (Some(mut sample), Some(hit_out)) = (hit, hit_output) {
+                                    hop.counters
+                                        .busy_ns
+                                        .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);
+                                    hop.tick();
+                                    for skipped_hop in skipped {
+                                        skipped_hop.tick();
+                                    }
+                                    state.cache_hits.fetch_add(1, Ordering::Relaxed);
+                                    sample.epoch = epoch;
+                                    sample.seq = seq;
+                                    sample.cache_key = key;
+                                    sample.cache_hit = true;
+                                    sample.token = Some(token);
+                                    hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
+                                    let blocked = hit_out.send(sample);
+                                    hop.counters
+                                        .blocked_ns
+                                        .fetch_add(nanos(blocked), Ordering::Relaxed);
+                                    continue;
+                                }
+                                if cache.is_some() {
+                                    state.cache_misses.fetch_add(1, Ordering::Relaxed);
+                                }
                                 let loaded =
                                     catch_unwind(AssertUnwindSafe(|| source.load(&case, &hop.ctx)))
                                         .unwrap_or_else(|p| Err(panic_message(p)));
@@ -699,6 +872,9 @@ pub fn run_built(
                                 match loaded {
                                     Ok(mut sample) => {
                                         sample.epoch = epoch;
+                                        sample.seq = seq;
+                                        sample.cache_key = key;
+                                        sample.cache_hit = false;
                                         sample.token = Some(token);
                                         hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
                                         let blocked = out.send(sample);
@@ -717,6 +893,7 @@ pub fn run_built(
                 });
                 finish(hop, Ok(()));
                 drop(out);
+                drop(hit_output);
             });
         }
 
@@ -792,6 +969,8 @@ pub fn run_built(
             .unwrap_or_else(|p| p.into_inner()),
         interrupted: cancel.load(Ordering::SeqCst) && !fatal,
         fatal,
+        cache_hits: state.cache_hits.load(Ordering::SeqCst),
+        cache_misses: state.cache_misses.load(Ordering::SeqCst),
         peak_in_flight: state.peak.load(Ordering::SeqCst),
         in_flight_bound,
         wall_s: started.elapsed().as_secs_f64(),

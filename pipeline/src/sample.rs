@@ -150,6 +150,15 @@ pub struct Sample {
     pub id: String,
     /// Epoch the sample belongs to (0 for single-pass pipelines).
     pub epoch: u32,
+    /// Position in the run's feed order (epoch-major, counting from 0), set by the runtime.
+    /// Samples arrive at later stages in an order that depends on thread timing; a consumer
+    /// that must see a fixed order (training) sorts by `seq`. Pieces keep their case's `seq`.
+    pub seq: u64,
+    /// The cache key of this case when the pipeline has a `cache` stage and the source could
+    /// identify the case's inputs (set by the runtime before the source loads it).
+    pub cache_key: Option<String>,
+    /// True when the sample was read from the cache and skipped the stages before it.
+    pub cache_hit: bool,
     pub meta: Meta,
     fields: BTreeMap<String, Field>,
     pub(crate) token: Option<Arc<InFlightToken>>,
@@ -160,10 +169,22 @@ impl Sample {
         Sample {
             id: id.into(),
             epoch: 0,
+            seq: 0,
+            cache_key: None,
+            cache_hit: false,
             meta: Meta::default(),
             fields: BTreeMap::new(),
             token: None,
         }
+    }
+
+    /// A copy sharing the volumes but not the run's bookkeeping, for a component that keeps
+    /// samples beyond their trip through the pipeline (a cache, a background writer): the
+    /// original still completes when it leaves the pipeline.
+    pub fn detached(&self) -> Sample {
+        let mut copy = self.clone();
+        copy.token = None;
+        copy
     }
 
     /// The case this sample belongs to (the id without any piece suffix).

@@ -22,6 +22,22 @@ use crate::sample::Sample;
 pub trait Source: Send + Sync {
     fn cases(&self) -> Result<Vec<String>, StageError>;
     fn load(&self, case: &str, ctx: &StageContext) -> Result<Sample, StageError>;
+
+    /// What the case is made of, as text that changes whenever its inputs change (file paths
+    /// with sizes and modification times; a generator's parameters). A `cache` stage keys
+    /// cases by it; `None` means the source cannot tell, and such cases are always recomputed.
+    fn identity(&self, _case: &str) -> Result<Option<String>, StageError> {
+        Ok(None)
+    }
+}
+
+/// Looks cases up in a cache (see [`Stage::cache`]).
+pub trait CacheLookup: Send + Sync {
+    /// The case as the cache stored it, if it is there complete under exactly this key.
+    fn lookup(&self, case: &str, key: &str) -> Result<Option<Sample>, StageError>;
+
+    /// Bumped whenever the stored layout changes, so old entries miss instead of misreading.
+    fn format_version(&self) -> u32;
 }
 
 /// Transforms samples. Most stages implement `process` (one in, one out); stages that split a
@@ -36,6 +52,13 @@ pub trait Stage: Send + Sync {
     /// Called once after the last sample has passed through the stage.
     fn finish(&self, _ctx: &FinishContext) -> Result<(), StageError> {
         Ok(())
+    }
+
+    /// A stage that ends the deterministic prefix of a pipeline returns its lookup; the
+    /// runtime then asks it before loading each case, and on a hit sends the stored sample
+    /// straight to this stage, skipping the source and every stage before it.
+    fn cache(&self) -> Option<std::sync::Arc<dyn CacheLookup>> {
+        None
     }
 }
 
@@ -107,6 +130,9 @@ pub struct BuildContext {
     pub pipeline_file: Option<PathBuf>,
     pub seed: u64,
     pub epochs: u32,
+    /// Cases per epoch after sharding, when known (a run lists them before building stages
+    /// and sinks; a trainer sizes its learning-rate schedule from it).
+    pub cases_per_epoch: Option<usize>,
 }
 
 /// A problem with a parameter's value that its type cannot express (a probability above 1).
@@ -145,6 +171,15 @@ pub trait Component: DeserializeOwned + JsonSchema + Send + Sync + 'static {
     }
     fn check(&self) -> Vec<Problem> {
         Vec::new()
+    }
+    /// True when the output depends on the per-sample random generator; such a stage cannot
+    /// sit before a cache.
+    fn random(&self) -> bool {
+        false
+    }
+    /// True for a stage that caches what the stages before it computed.
+    fn is_cache(&self) -> bool {
+        false
     }
 }
 

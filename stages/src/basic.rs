@@ -185,6 +185,10 @@ impl RandNoise {
 impl Component for RandNoise {
     const NAME: &'static str = "rand_noise";
     const DOC: &'static str = "Adds Gaussian noise to an f32 field (seeded per sample, so results do not depend on threads).";
+
+    fn random(&self) -> bool {
+        true
+    }
     fn reads(&self) -> Vec<String> {
         vec![self.field.clone()]
     }

@@ -66,6 +66,10 @@ impl Component for RandFlip {
     const NAME: &'static str = "rand_flip";
     const DOC: &'static str = "Randomly mirrors volumes and boxes along each spatial axis (independently, with probability `prob`), keeping the affine and history in step.";
 
+    fn random(&self) -> bool {
+        true
+    }
+
     fn reads(&self) -> Vec<String> {
         listed(self.fields.as_deref())
     }

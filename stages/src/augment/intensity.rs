@@ -91,6 +91,10 @@ impl Component for RandIntensity {
     const NAME: &'static str = "rand_intensity";
     const DOC: &'static str = "Randomly scales and shifts an f32 volume: v·(1+s) + o with s ~ U(-scale, scale), o ~ U(-shift, shift), per volume or per channel.";
 
+    fn random(&self) -> bool {
+        true
+    }
+
     fn reads(&self) -> Vec<String> {
         vec![self.field.clone()]
     }

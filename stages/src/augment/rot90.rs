@@ -87,6 +87,10 @@ impl Component for RandRot90 {
     const NAME: &'static str = "rand_rot90";
     const DOC: &'static str = "Randomly turns volumes and boxes by k quarter turns (k uniform in 1..=max_k) in a plane, as np.rot90, keeping the affine and history in step.";
 
+    fn random(&self) -> bool {
+        true
+    }
+
     fn reads(&self) -> Vec<String> {
         listed(self.fields.as_deref())
     }

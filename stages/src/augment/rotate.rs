@@ -115,6 +115,10 @@ impl Component for RandRotate {
     const NAME: &'static str = "rand_rotate";
     const DOC: &'static str = "Randomly rotates volumes about their centre by small angles (trilinear for f32, nearest for u8, same shape); boxes become the clipped bounds of their rotated corners.";
 
+    fn random(&self) -> bool {
+        true
+    }
+
     fn reads(&self) -> Vec<String> {
         listed(self.fields.as_deref())
     }

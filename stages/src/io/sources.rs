@@ -28,7 +28,36 @@ use ndarray::{Array4, Axis};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::phantom::{MODALITIES, PhantomConfig, try_generate_case};
+use super::phantom::{GENERATOR_VERSION, MODALITIES, PhantomConfig, try_generate_case};
+
+/// Identifies a file-backed case by each source file's path, size and modification time,
+/// plus the attributes the source derived (grade, modalities), without reading the files:
+/// keying thousands of cases must not mean hashing terabytes.
+pub fn files_identity(sample: &Sample) -> Result<String, StageError> {
+    let mut parts = Vec::new();
+    for (role, path) in &sample.meta.sources {
+        let meta = std::fs::metadata(path).map_err(|e| StageError::file(path, e.to_string()))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        parts.push(serde_json::json!({
+            "role": role,
+            "path": absolute,
+            "bytes": meta.len(),
+            "modified_ns": modified.to_string(),
+        }));
+    }
+    Ok(mtmed3d_pipeline::cache_key::canonical_text(
+        &serde_json::json!({
+            "files": parts,
+            "attrs": sample.meta.attrs,
+        }),
+    ))
+}
 
 /// Attribute keys a source sets for `nifti_decode`.
 pub const ATTR_MODALITIES: &str = "modalities";
@@ -249,6 +278,10 @@ impl BratsCases {
 }
 
 impl Source for BratsCases {
+    fn identity(&self, case: &str) -> Result<Option<String>, StageError> {
+        files_identity(&self.load(case, &StageContext::new("identity", 0, 0))?).map(Some)
+    }
+
     fn cases(&self) -> Result<Vec<String>, StageError> {
         Ok(self.cases.keys().cloned().collect())
     }
@@ -358,6 +391,10 @@ struct NiftiFiles {
 }
 
 impl Source for NiftiFiles {
+    fn identity(&self, case: &str) -> Result<Option<String>, StageError> {
+        files_identity(&self.load(case, &StageContext::new("identity", 0, 0))?).map(Some)
+    }
+
     fn cases(&self) -> Result<Vec<String>, StageError> {
         Ok(self.cases.keys().cloned().collect())
     }
@@ -506,6 +543,10 @@ struct Manifest {
 }
 
 impl Source for Manifest {
+    fn identity(&self, case: &str) -> Result<Option<String>, StageError> {
+        files_identity(&self.load(case, &StageContext::new("identity", 0, 0))?).map(Some)
+    }
+
     fn cases(&self) -> Result<Vec<String>, StageError> {
         Ok(self.cases.keys().cloned().collect())
     }
@@ -585,6 +626,15 @@ pub fn phantom_id(index: usize) -> String {
 }
 
 impl Source for PhantomSource {
+    fn identity(&self, case: &str) -> Result<Option<String>, StageError> {
+        // Generation is a pure function of these, so they identify the case.
+        Ok(Some(format!(
+            "phantom v{GENERATOR_VERSION} seed {} case {case} {}",
+            self.seed,
+            serde_json::to_string(&self.generator).map_err(|e| StageError::new(e.to_string()))?
+        )))
+    }
+
     fn cases(&self) -> Result<Vec<String>, StageError> {
         Ok((0..self.cases).map(phantom_id).collect())
     }

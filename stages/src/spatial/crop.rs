@@ -269,6 +269,10 @@ fn one() -> usize {
 impl Component for RandCrop {
     const NAME: &'static str = "rand_crop";
     const DOC: &'static str = "Random crops of a fixed size, centred on foreground with a given probability; several per case if asked.";
+
+    fn random(&self) -> bool {
+        true
+    }
     fn reads(&self) -> Vec<String> {
         let mut r = self.fields.clone().unwrap_or_default();
         r.push(self.select.clone());

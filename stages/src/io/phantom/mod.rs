@@ -103,6 +103,10 @@ pub const TISSUE_DEEP_GREY: u8 = 4;
 const REFERENCE_SHAPE: [f64; 3] = [240.0, 240.0, 155.0];
 
 /// Generator settings. Every field has a default, so `{}` is a valid configuration.
+/// Changes whenever the generator would produce different voxels for the same parameters,
+/// so caches keyed on a phantom case miss instead of serving an old rendering.
+pub const GENERATOR_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PhantomConfig {
