@@ -42,5 +42,7 @@ pub fn registry() -> Registry {
     r.sink::<basic::JsonWrite>();
     r.sink::<basic::Discard>();
     r.sink::<io::nifti_stages::NiftiWrite>();
+    #[cfg(feature = "learn")]
+    r.sink::<learn::train::Train>();
     r
 }
