@@ -75,10 +75,19 @@ fn the_loss_falls_over_epochs_and_each_epoch_reports_its_data_wait() {
     }
     let first = epochs[0]["mean_total"].as_f64().unwrap();
     let last = epochs[4]["mean_total"].as_f64().unwrap();
-    eprintln!("mean loss per epoch: {:?}", epochs.iter().map(|e| e["mean_total"].as_f64().unwrap()).collect::<Vec<_>>());
+    eprintln!(
+        "mean loss per epoch: {:?}",
+        epochs
+            .iter()
+            .map(|e| e["mean_total"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    );
     assert!(last < 0.8 * first, "loss {first} → {last}");
     // the schedule is sized from the case list: 2 steps × 5 epochs, decaying every step
-    let lr: Vec<f64> = steps.iter().map(|s| s["lr"]["encoder"].as_f64().unwrap()).collect();
+    let lr: Vec<f64> = steps
+        .iter()
+        .map(|s| s["lr"]["encoder"].as_f64().unwrap())
+        .collect();
     assert_eq!(lr[0], 3.0e-3);
     assert!(lr.windows(2).all(|w| w[1] < w[0]), "{lr:?}");
     assert!(out.join("last.ckpt").exists() && out.join("best.ckpt").exists());
@@ -105,7 +114,11 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     )
     .unwrap();
     assert_eq!(b.failures.len(), 1, "{}", b.render());
-    assert!(b.failures[0].reason.contains("stopped after 5 steps"), "{}", b.render());
+    assert!(
+        b.failures[0].reason.contains("stopped after 5 steps"),
+        "{}",
+        b.render()
+    );
     let stopped = history(&part);
     assert_eq!(kind(&stopped, "step").len(), 5);
 
@@ -121,13 +134,24 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
     let samples = |h: &[serde_json::Value]| -> Vec<String> {
-        kind(h, "step").iter().map(|s| s["samples"].to_string()).collect()
+        kind(h, "step")
+            .iter()
+            .map(|s| s["samples"].to_string())
+            .collect()
     };
-    assert_eq!(samples(&resumed), samples(&history(&full)), "same batches in the same order");
+    assert_eq!(
+        samples(&resumed),
+        samples(&history(&full)),
+        "same batches in the same order"
+    );
 
-    let (diff, param) = checkpoint_difference(&full.join("last.ckpt"), &part.join("last.ckpt")).unwrap();
+    let (diff, param) =
+        checkpoint_difference(&full.join("last.ckpt"), &part.join("last.ckpt")).unwrap();
     eprintln!("largest weight difference after resume: {diff:e} (parameter {param})");
-    assert!(diff <= 1e-5, "weights differ by {diff} at parameter {param}");
+    assert!(
+        diff <= 1e-5,
+        "weights differ by {diff} at parameter {param}"
+    );
 }
 
 #[test]
@@ -158,8 +182,14 @@ fn cuda_without_the_feature_says_how_to_get_it() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let train = format!("out: {}, device: \"cuda:1\"", dir.path().join("run").display());
+    let train = format!(
+        "out: {}, device: \"cuda:1\"",
+        dir.path().join("run").display()
+    );
     let err = run(&pipeline(1, 2, &train), dir.path()).unwrap_err();
-    assert!(err.contains("device `cuda:1` needs a build with CUDA support"), "{err}");
+    assert!(
+        err.contains("device `cuda:1` needs a build with CUDA support"),
+        "{err}"
+    );
     assert!(err.contains("--features cuda"), "{err}");
 }

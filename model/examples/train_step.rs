@@ -29,23 +29,45 @@ fn main() {
     let cfg = ModelConfig::preset(&preset).expect("a known preset");
     let device = Default::default();
     let [x, y, z] = cfg.input_size;
-    let image = Tensor::<CpuAutodiff, 5>::random([batch, 4, x, y, z], Distribution::Normal(0.0, 1.0), &device);
-    let seg = Tensor::<CpuAutodiff, 5>::random([batch, 3, x, y, z], Distribution::Bernoulli(0.1), &device);
+    let image = Tensor::<CpuAutodiff, 5>::random(
+        [batch, 4, x, y, z],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let seg = Tensor::<CpuAutodiff, 5>::random(
+        [batch, 3, x, y, z],
+        Distribution::Bernoulli(0.1),
+        &device,
+    );
     let q = |v: usize| v as f32;
     let targets = Targets {
         seg,
         grades: (0..batch).map(|i| i % 2).collect(),
         boxes: (0..batch)
             .map(|_| BoxTargets {
-                boxes: vec![[q(x / 4), q(y / 4), q(z / 4), q(3 * x / 4), q(3 * y / 4), q(3 * z / 4)]],
+                boxes: vec![[
+                    q(x / 4),
+                    q(y / 4),
+                    q(z / 4),
+                    q(3 * x / 4),
+                    q(3 * y / 4),
+                    q(3 * z / 4),
+                ]],
                 labels: vec![0],
             })
             .collect(),
     };
-    println!("preset {preset}, batch {batch} × 4×{x}×{y}×{z}, {} cores, median of {iters}", cores());
+    println!(
+        "preset {preset}, batch {batch} × 4×{x}×{y}×{z}, {} cores, median of {iters}",
+        cores()
+    );
     for (name, balancer, every) in [
         ("fixed weights", TaskBalancer::Fixed(vec![1.0; 3]), 1usize),
-        ("gradnorm every step", TaskBalancer::GradNorm(GradNorm::new(GradNormConfig::new(), 3)), 1),
+        (
+            "gradnorm every step",
+            TaskBalancer::GradNorm(GradNorm::new(GradNormConfig::new(), 3)),
+            1,
+        ),
     ] {
         let mut model = seeded_init::<CpuAutodiff>(&cfg, &device, 1).expect("valid preset");
         let mut trainer = Trainer::new(cfg.clone(), balancer, 0.01);
@@ -61,7 +83,10 @@ fn main() {
         }
         times.sort();
         let median = times[times.len() / 2].as_secs_f64();
-        println!("{name:<22} {median:>8.3} s/step  → {:>5.0} steps in 10 min", 600.0 / median);
+        println!(
+            "{name:<22} {median:>8.3} s/step  → {:>5.0} steps in 10 min",
+            600.0 / median
+        );
     }
 }
 

@@ -219,11 +219,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         self.steps += 1;
         let mut model = model;
-        for ((optimizer, grads), lr) in self
-            .optimizers
-            .iter_mut()
-            .zip(parts)
-            .zip(rates.as_array())
+        for ((optimizer, grads), lr) in self.optimizers.iter_mut().zip(parts).zip(rates.as_array())
         {
             model = optimizer.step(lr, model, grads);
         }
@@ -254,11 +250,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// A trainer continuing from a saved state and optimizer records (one per part).
-    pub fn restore(
-        config: ModelConfig,
-        state: TrainerState,
-        records: OptimizerRecords<B>,
-    ) -> Self {
+    pub fn restore(config: ModelConfig, state: TrainerState, records: OptimizerRecords<B>) -> Self {
         let mut trainer = Self::new(config, state.balancer, state.weight_decay);
         trainer.gradnorm_every = state.gradnorm_every;
         trainer.steps = state.steps;
@@ -339,7 +331,8 @@ pub fn parameters<B: Backend>(model: &MultiTaskModel<B>) -> Vec<(Vec<usize>, Vec
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let tensor = param.val();
             let shape = tensor.dims().to_vec();
-            self.0.push((shape, tensor.into_data().iter::<f32>().collect()));
+            self.0
+                .push((shape, tensor.into_data().iter::<f32>().collect()));
         }
     }
     let mut c = Collect(Vec::new());

@@ -321,14 +321,20 @@ impl Component for Train {
             p.push(Problem::param("device", e));
         }
         if self.batch_size == 0 {
-            p.push(Problem::param("batch_size", "`batch_size` must be at least 1"));
+            p.push(Problem::param(
+                "batch_size",
+                "`batch_size` must be at least 1",
+            ));
         }
         let r = self.lr;
         if [r.encoder, r.segmentation, r.classification, r.detection]
             .iter()
             .any(|v| !(v.is_finite() && *v >= 0.0))
         {
-            p.push(Problem::param("lr", "learning rates must be finite and ≥ 0"));
+            p.push(Problem::param(
+                "lr",
+                "learning rates must be finite and ≥ 0",
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_lr_fraction) {
             p.push(Problem::param(
@@ -516,7 +522,11 @@ impl<B: AutodiffBackend> Loop<B> {
                 (model, trainer, progress)
             }
         };
-        let history = open_history(&history_path, progress.history_bytes, params.resume.is_some())?;
+        let history = open_history(
+            &history_path,
+            progress.history_bytes,
+            params.resume.is_some(),
+        )?;
         Ok(Loop {
             reorder: reorder::Reorder::new(progress.next_seq, params.reorder_window),
             model_config,
@@ -690,7 +700,12 @@ impl<B: AutodiffBackend> Loop<B> {
             && ((epoch + 1).is_multiple_of(self.params.validate_every) || last_epoch)
         {
             let model = self.model.as_ref().expect("model present");
-            let m = data::validate(model, &self.validation, self.params.batch_size, &self.device);
+            let m = data::validate(
+                model,
+                &self.validation,
+                self.params.batch_size,
+                &self.device,
+            );
             let s = m.score();
             let line = serde_json::json!({
                 "kind": "validation",
@@ -725,7 +740,8 @@ impl<B: AutodiffBackend> Loop<B> {
 
     fn save(&mut self, name: &str) -> Result<(), StageError> {
         let path = self.params.out.join(name);
-        let state = serde_json::to_value(&self.progress).map_err(|e| StageError::new(e.to_string()))?;
+        let state =
+            serde_json::to_value(&self.progress).map_err(|e| StageError::new(e.to_string()))?;
         let model = self.model.as_ref().expect("model present");
         checkpoint::save_training(model, &self.trainer, &state, &path)
             .map_err(|e| StageError::new(e.to_string()))
@@ -770,7 +786,8 @@ impl<B: AutodiffBackend> Engine for Loop<B> {
         if self.stopped {
             return Ok(());
         }
-        if !self.progress.epoch_complete && (self.progress.epoch_steps > 0 || !self.batch.is_empty())
+        if !self.progress.epoch_complete
+            && (self.progress.epoch_steps > 0 || !self.batch.is_empty())
         {
             self.end_epoch()?;
         }

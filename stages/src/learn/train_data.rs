@@ -93,10 +93,7 @@ impl Prepared {
             image: image_values,
             masks: label.iter().map(|&v| f32::from(u8::from(v > 0))).collect(),
             boxes: BoxTargets {
-                boxes: boxes
-                    .iter()
-                    .map(|b| b.corners.map(|c| c as f32))
-                    .collect(),
+                boxes: boxes.iter().map(|b| b.corners.map(|c| c as f32)).collect(),
                 labels: boxes.iter().map(|b| b.class as usize).collect(),
             },
             grade,
@@ -106,7 +103,10 @@ impl Prepared {
 }
 
 /// Stacks prepared samples into an image batch and targets.
-pub fn to_tensors<B: Backend>(items: &[&Prepared], device: &B::Device) -> (Tensor<B, 5>, Targets<B>) {
+pub fn to_tensors<B: Backend>(
+    items: &[&Prepared],
+    device: &B::Device,
+) -> (Tensor<B, 5>, Targets<B>) {
     let [c, x, y, z] = items[0].shape;
     let b = items.len();
     let image: Vec<f32> = items.iter().flat_map(|p| p.image.iter().copied()).collect();
@@ -147,7 +147,12 @@ pub fn collect_validation(
         epochs: 1,
         ..BuildContext::default()
     };
-    let source = match plan.source.config.build(&ctx).map_err(|e| fail(e.message))? {
+    let source = match plan
+        .source
+        .config
+        .build(&ctx)
+        .map_err(|e| fail(e.message))?
+    {
         Built::Source(s) => s,
         _ => return Err(fail("its source is not a source".into())),
     };
@@ -164,8 +169,14 @@ pub fn collect_validation(
         config: config.clone(),
         out: collected.clone(),
     };
-    let summary = runtime::run_built(&plan, source, stages, vec![Box::new(sink)], &RunOptions::default())
-        .map_err(|e| fail(e.to_string()))?;
+    let summary = runtime::run_built(
+        &plan,
+        source,
+        stages,
+        vec![Box::new(sink)],
+        &RunOptions::default(),
+    )
+    .map_err(|e| fail(e.to_string()))?;
     if !summary.failures.is_empty() {
         let f = &summary.failures[0];
         return Err(fail(format!(
@@ -213,7 +224,12 @@ pub struct ValidationMetrics {
 impl ValidationMetrics {
     /// `(mean Dice over the regions that have one + grade accuracy) / 2`: what `best.ckpt` maximises.
     pub fn score(&self) -> f64 {
-        let d: Vec<f64> = self.dice.iter().copied().filter(|d| d.is_finite()).collect();
+        let d: Vec<f64> = self
+            .dice
+            .iter()
+            .copied()
+            .filter(|d| d.is_finite())
+            .collect();
         let dice = if d.is_empty() {
             0.0
         } else {
@@ -264,7 +280,9 @@ pub fn validate<B: AutodiffBackend>(
             let predicted = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (j, &v)| if v > best.1 { (j, v) } else { best })
+                .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
+                    if v > best.1 { (j, v) } else { best }
+                })
                 .0;
             correct += usize::from(predicted == grades[i]);
         }
