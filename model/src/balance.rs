@@ -34,7 +34,7 @@ pub struct GradNormConfig {
 }
 
 /// How task losses are combined.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum TaskBalancer {
     /// Constant weights.
     Fixed(Vec<f64>),
@@ -70,7 +70,9 @@ pub struct GradNormStep {
 }
 
 /// GradNorm state: weights summing to the number of tasks, initial losses, Adam moments.
-#[derive(Debug, Clone)]
+///
+/// Serialisable so that a resumed run continues with the same weights and Adam moments.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GradNorm {
     config: GradNormConfig,
     weights: Vec<f64>,

@@ -4,6 +4,12 @@
 //! Layout: the magic `MTM3DCK1`, the configuration's length (u64, little endian), the configuration as
 //! JSON, then the record. Loading compares the stored configuration with the requested one first and
 //! refuses a mismatch, naming the first differing field and both values.
+//!
+//! Training checkpoints ([`save_training`]) add what a resumed run needs: the magic `MTM3DCK2`, then
+//! length-prefixed sections — configuration (JSON), model record, training state (JSON, the caller's),
+//! trainer state (JSON: steps, task balancer), then one optimizer record per model part. [`load`],
+//! [`read_config`] and [`load_with_stored_config`] read both layouts, so a training checkpoint serves
+//! inference as it is.
 
 use std::fs;
 use std::io::Write;
@@ -14,11 +20,15 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use serde_json::Value;
 
+use burn::tensor::backend::AutodiffBackend;
+
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::model::MultiTaskModel;
+use crate::training::{OptimizerRecords, Trainer, TrainerState};
 
 const MAGIC: &[u8; 8] = b"MTM3DCK1";
+const MAGIC_TRAINING: &[u8; 8] = b"MTM3DCK2";
 
 type Rec = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
@@ -59,23 +69,59 @@ fn split(path: &Path) -> Result<(ModelConfig, Value, Vec<u8>)> {
         path: path.to_path_buf(),
         source,
     })?;
-    let corrupt = |reason: &str| ModelError::CorruptCheckpoint {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
+    if bytes.len() >= 8 && &bytes[..8] == MAGIC_TRAINING {
+        let sections = sections(path, &bytes)?;
+        let (config, value) = parse_config(path, sections[0])?;
+        return Ok((config, value, sections[1].to_vec()));
+    }
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
-        return Err(corrupt("missing the MTM3DCK1 header"));
+        return Err(corrupt(path, "missing the MTM3DCK1 or MTM3DCK2 header"));
     }
     let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
     let end = 16usize
         .checked_add(len)
         .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| corrupt("configuration length runs past the end of the file"))?;
-    let value: Value = serde_json::from_slice(&bytes[16..end])
-        .map_err(|e| corrupt(&format!("configuration is not JSON: {e}")))?;
-    let config: ModelConfig = serde_json::from_value(value.clone())
-        .map_err(|e| corrupt(&format!("configuration does not parse: {e}")))?;
+        .ok_or_else(|| corrupt(path, "configuration length runs past the end of the file"))?;
+    let (config, value) = parse_config(path, &bytes[16..end])?;
     Ok((config, value, bytes[end..].to_vec()))
+}
+
+fn corrupt(path: &Path, reason: &str) -> ModelError {
+    ModelError::CorruptCheckpoint {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_config(path: &Path, json: &[u8]) -> Result<(ModelConfig, Value)> {
+    let value: Value = serde_json::from_slice(json)
+        .map_err(|e| corrupt(path, &format!("configuration is not JSON: {e}")))?;
+    let config: ModelConfig = serde_json::from_value(value.clone())
+        .map_err(|e| corrupt(path, &format!("configuration does not parse: {e}")))?;
+    Ok((config, value))
+}
+
+/// The length-prefixed sections after the `MTM3DCK2` magic.
+fn sections<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<&'a [u8]>> {
+    let mut out = Vec::new();
+    let mut at = 8usize;
+    while at < bytes.len() {
+        let len_end = at
+            .checked_add(8)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| corrupt(path, "a section length is cut off"))?;
+        let len = u64::from_le_bytes(bytes[at..len_end].try_into().expect("8 bytes")) as usize;
+        let end = len_end
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| corrupt(path, "a section runs past the end of the file (truncated?)"))?;
+        out.push(&bytes[len_end..end]);
+        at = end;
+    }
+    if out.len() < 2 {
+        return Err(corrupt(path, "fewer than two sections"));
+    }
+    Ok(out)
 }
 
 /// The configuration stored in a checkpoint.
@@ -178,4 +224,114 @@ pub fn load_with_stored_config<B: Backend>(
     let config = read_config(path)?;
     let model = load(path, &config, device)?;
     Ok((model, config))
+}
+
+/// Writes a training checkpoint: the model and its configuration (readable by [`load`]), `state` (the
+/// caller's bookkeeping: position in the data, schedule, best score …), the trainer's state and its
+/// optimizers' moments. Written through a temporary file and a rename, like [`save`].
+pub fn save_training<B: AutodiffBackend>(
+    model: &MultiTaskModel<B>,
+    trainer: &Trainer<B>,
+    state: &Value,
+    path: &Path,
+) -> Result<()> {
+    let config = serde_json::to_vec(trainer.config())?;
+    let state = serde_json::to_vec(state)?;
+    let trainer_state = serde_json::to_vec(&trainer.state())?;
+    let record_err = |e: burn::record::RecorderError| ModelError::Record {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let (model_record, optimizer_records) = on_large_stack(path, || {
+        let m = Recorder::<B>::record(&Rec::default(), model.clone().into_record(), ())
+            .map_err(record_err)?;
+        let o = trainer
+            .optimizer_records()
+            .into_iter()
+            .map(|r| Recorder::<B>::record(&Rec::default(), r, ()).map_err(record_err))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((m, o))
+    })?;
+    let mut parts: Vec<&[u8]> = vec![&config, &model_record, &state, &trainer_state];
+    parts.extend(optimizer_records.iter().map(Vec::as_slice));
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("partial");
+    let mut file = std::io::BufWriter::new(fs::File::create(&tmp).map_err(io)?);
+    file.write_all(MAGIC_TRAINING).map_err(io)?;
+    for part in parts {
+        file.write_all(&(part.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        file.write_all(part).map_err(io)?;
+    }
+    let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io)
+}
+
+/// What [`load_training`] restores.
+pub struct TrainingCheckpoint<B: AutodiffBackend> {
+    /// The model.
+    pub model: MultiTaskModel<B>,
+    /// The trainer with its optimizers' moments and balancer state.
+    pub trainer: Trainer<B>,
+    /// The caller's state, as saved.
+    pub state: Value,
+}
+
+/// Loads a training checkpoint made with `expected` (a checkpoint of another configuration is refused
+/// with [`ModelError::ConfigMismatch`], one without training state with [`ModelError::CorruptCheckpoint`]).
+pub fn load_training<B: AutodiffBackend>(
+    path: &Path,
+    expected: &ModelConfig,
+    device: &B::Device,
+) -> Result<TrainingCheckpoint<B>> {
+    let model = load::<B>(path, expected, device)?;
+    let bytes = fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.len() < 8 || &bytes[..8] != MAGIC_TRAINING {
+        return Err(corrupt(
+            path,
+            "it holds weights only, no training state (MTM3DCK1): start a new run from it instead of resuming",
+        ));
+    }
+    let sections = sections(path, &bytes)?;
+    if sections.len() < 4 {
+        return Err(corrupt(path, "the training state sections are missing"));
+    }
+    let state: Value = serde_json::from_slice(sections[2])
+        .map_err(|e| corrupt(path, &format!("training state is not JSON: {e}")))?;
+    let trainer_state: TrainerState = serde_json::from_slice(sections[3])
+        .map_err(|e| corrupt(path, &format!("trainer state does not parse: {e}")))?;
+    let record_err = |e: burn::record::RecorderError| ModelError::Record {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let records = on_large_stack(path, || {
+        sections[4..]
+            .iter()
+            .map(|s| Recorder::<B>::load(&Rec::default(), s.to_vec(), device).map_err(record_err))
+            .collect::<Result<OptimizerRecords<B>>>()
+    })?;
+    if records.len() != crate::training::Part::ALL.len() {
+        return Err(corrupt(
+            path,
+            &format!(
+                "{} optimizer records, expected one per model part ({})",
+                records.len(),
+                crate::training::Part::ALL.len()
+            ),
+        ));
+    }
+    let trainer = Trainer::restore(expected.clone(), trainer_state, records);
+    Ok(TrainingCheckpoint {
+        model,
+        trainer,
+        state,
+    })
 }

@@ -49,5 +49,7 @@ pub fn registry() -> Registry {
     r.sink::<eval::writers::BoxesJson>();
     r.sink::<eval::writers::PngOverlay>();
     r.sink::<io::zarr::sink::ZarrWrite>();
+    #[cfg(feature = "learn")]
+    r.sink::<learn::train::Train>();
     r
 }
