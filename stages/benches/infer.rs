@@ -45,10 +45,8 @@ fn main() {
     drop(model);
 
     let ctx = StageContext::new("bench", 1, 0);
-    let source: mtmed3d_stages::io::sources::PhantomSource = serde_json::from_value(
-        serde_json::json!({"cases": 1, "seed": 1, "shape": shape}),
-    )
-    .unwrap();
+    let source: mtmed3d_stages::io::sources::PhantomSource =
+        serde_json::from_value(serde_json::json!({"cases": 1, "seed": 1, "shape": shape})).unwrap();
     let mut sample = source
         .build(&BuildContext::default())
         .unwrap()
@@ -56,13 +54,18 @@ fn main() {
         .unwrap();
     for (name, params) in [
         ("reorient", serde_json::json!({"axcodes": "RAS"})),
-        ("normalise", serde_json::json!({"nonzero": true, "channel_wise": true})),
+        (
+            "normalise",
+            serde_json::json!({"nonzero": true, "channel_wise": true}),
+        ),
     ] {
         let stage: Box<dyn mtmed3d_pipeline::Stage> = match name {
-            "reorient" => serde_json::from_value::<mtmed3d_stages::spatial::reorient::Reorient>(params)
-                .unwrap()
-                .build(&BuildContext::default())
-                .unwrap(),
+            "reorient" => {
+                serde_json::from_value::<mtmed3d_stages::spatial::reorient::Reorient>(params)
+                    .unwrap()
+                    .build(&BuildContext::default())
+                    .unwrap()
+            }
             _ => serde_json::from_value::<mtmed3d_stages::intensity::Normalise>(params)
                 .unwrap()
                 .build(&BuildContext::default())
@@ -100,14 +103,23 @@ fn main() {
             let n = n.min(plan.starts.len());
             let mut part = Sample::new("part");
             let sub = image
-                .slice(s![.., 0..patch[0], 0..patch[1], 0..(patch[2] * n).min(shape[2]).max(patch[2])])
+                .slice(s![
+                    ..,
+                    0..patch[0],
+                    0..patch[1],
+                    0..(patch[2] * n).min(shape[2]).max(patch[2])
+                ])
                 .to_owned();
             part.insert("image", Field::f32(sub.into_dyn()));
             let t = Instant::now();
             let out = stage.process(part, &ctx).unwrap();
             let done = out.meta.attrs["infer"]["windows"].as_u64().unwrap() as usize;
             let secs = t.elapsed().as_secs_f64();
-            (done, secs, Some(secs / done as f64 * plan.starts.len() as f64))
+            (
+                done,
+                secs,
+                Some(secs / done as f64 * plan.starts.len() as f64),
+            )
         }
         None => {
             let t = Instant::now();

@@ -86,7 +86,10 @@ sinks:
     )
     .unwrap();
     let text = json.to_string();
-    assert!(text.contains("p_hgg") && text.contains("grade_pred"), "{text}");
+    assert!(
+        text.contains("p_hgg") && text.contains("grade_pred"),
+        "{text}"
+    );
 
     // nibabel reads both files with the input's affine and shape, and the voxels we wrote.
     let Some((_tmp, dumped)) = common::dump(&[t1, label, regions]) else {
@@ -102,7 +105,10 @@ sinks:
         );
         assert_eq!(d.meta["axcodes"], dumped[0].meta["axcodes"]);
     }
-    assert_eq!(dumped[0].meta["axcodes"], serde_json::json!(["L", "P", "S"]));
+    assert_eq!(
+        dumped[0].meta["axcodes"],
+        serde_json::json!(["L", "P", "S"])
+    );
     let nib_label = dumped[1].array("scaled");
     assert_eq!(nib_label.shape, [1, 50, 45, 37]);
     let ours: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
@@ -158,4 +164,42 @@ sinks:
         err.contains("foreign.mpk") && err.contains("MTM3DCK1"),
         "{err}"
     );
+}
+
+#[test]
+fn the_demo_infer_pipeline_runs_and_writes_original_space_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = tiny_checkpoint(dir.path());
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-infer.yaml");
+    let out = dir.path().join("out");
+    let overrides = [
+        "source.phantom.cases=1".to_string(),
+        "source.phantom.shape=[40, 36, 34]".to_string(),
+        format!("stages.infer.checkpoint={}", ckpt.display()),
+        format!("sinks.json_write.path={}", out.join("p.jsonl").display()),
+        format!("sinks.nifti_write.dir={}", out.join("masks").display()),
+    ];
+    let plan = config::load(&demo, &overrides, &mtmed3d_stages::registry()).unwrap();
+    let summary = runtime::run(&plan, &RunOptions::default()).unwrap();
+    assert!(summary.success(false), "{}", summary.render());
+    let label = read_nifti(out.join("masks/Phantom_0000_pred_label.nii.gz")).unwrap();
+    assert_eq!(label.shape(), [1, 40, 36, 34]);
+    let regions = read_nifti(out.join("masks/Phantom_0000_pred_regions.nii.gz")).unwrap();
+    assert_eq!(regions.shape(), [3, 40, 36, 34]);
+    assert_eq!(label.affine(), regions.affine());
+    // stored LPS, as the phantom source makes them: x and y axes point the other way
+    let a = label.affine();
+    assert!(a[0][0] < 0.0 && a[1][1] < 0.0 && a[2][2] > 0.0, "{a:?}");
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("p.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let p = line["fields"]["p_hgg"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{line}");
+    let grade = line["fields"]["grade_pred"].as_str().unwrap();
+    assert_eq!(grade, if p >= 0.5 { "HGG" } else { "LGG" });
 }

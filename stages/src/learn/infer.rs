@@ -50,8 +50,8 @@ use mtmed3d_model::decoder::detection::nms::nms;
 use mtmed3d_model::decoder::detection::{Box3, Detections};
 use mtmed3d_model::{CpuBackend, ModelConfig, MultiTaskModel};
 use mtmed3d_pipeline::{
-    BoundingBox, BuildContext, Component, Field, Problem, Sample, Stage, StageConfig,
-    StageContext, StageError,
+    BoundingBox, BuildContext, Component, Field, Problem, Sample, Stage, StageConfig, StageContext,
+    StageError,
 };
 use ndarray::{Array3, Array4, ArrayD};
 use schemars::JsonSchema;
@@ -269,19 +269,31 @@ impl Component for Infer {
             p.push(Problem::param("overlap", "`overlap` must be within [0, 1)"));
         }
         if !(self.sigma_scale.is_finite() && self.sigma_scale > 0.0) {
-            p.push(Problem::param("sigma_scale", "`sigma_scale` must be a number > 0"));
+            p.push(Problem::param(
+                "sigma_scale",
+                "`sigma_scale` must be a number > 0",
+            ));
         }
         if self.batch == 0 {
             p.push(Problem::param("batch", "`batch` must be at least 1"));
         }
         if !(self.threshold > 0.0 && self.threshold < 1.0) {
-            p.push(Problem::param("threshold", "`threshold` must be within (0, 1)"));
+            p.push(Problem::param(
+                "threshold",
+                "`threshold` must be within (0, 1)",
+            ));
         }
         if self.patch.is_some_and(|s| s.contains(&0)) {
-            p.push(Problem::param("patch", "every entry of `patch` must be at least 1"));
+            p.push(Problem::param(
+                "patch",
+                "every entry of `patch` must be at least 1",
+            ));
         }
         if self.max_boxes == Some(0) {
-            p.push(Problem::param("max_boxes", "`max_boxes` must be at least 1"));
+            p.push(Problem::param(
+                "max_boxes",
+                "`max_boxes` must be at least 1",
+            ));
         }
         if self.nms_iou.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
             p.push(Problem::param("nms_iou", "`nms_iou` must be within [0, 1]"));
@@ -318,7 +330,10 @@ fn forward<B: Backend>(
     windows: ArrayD<f32>,
 ) -> Result<WindowOutputs, StageError> {
     let shape = windows.shape().to_vec();
-    let (data, _) = windows.as_standard_layout().into_owned().into_raw_vec_and_offset();
+    let (data, _) = windows
+        .as_standard_layout()
+        .into_owned()
+        .into_raw_vec_and_offset();
     let input = Tensor::<B, 5>::from_data(TensorData::new(data, shape.clone()), device);
     let out = model.forward(input);
     let detections = config.detections(&out);
@@ -335,7 +350,10 @@ fn forward<B: Backend>(
     let class = read(out.class_logits.into_data())?;
     Ok(WindowOutputs {
         seg: (0..b)
-            .map(|i| seg.slice(ndarray::s![i * k..(i + 1) * k, .., .., ..]).to_owned())
+            .map(|i| {
+                seg.slice(ndarray::s![i * k..(i + 1) * k, .., .., ..])
+                    .to_owned()
+            })
             .collect(),
         class: class.chunks(classes).map(<[f32]>::to_vec).collect(),
         detections,
@@ -343,7 +361,11 @@ fn forward<B: Backend>(
 }
 
 impl Runner {
-    fn forward(&self, config: &ModelConfig, windows: ArrayD<f32>) -> Result<WindowOutputs, StageError> {
+    fn forward(
+        &self,
+        config: &ModelConfig,
+        windows: ArrayD<f32>,
+    ) -> Result<WindowOutputs, StageError> {
         match self {
             Runner::Cpu(model) => forward(model, config, &Default::default(), windows),
             #[cfg(feature = "cuda")]
@@ -402,7 +424,13 @@ impl StageConfig for Infer {
         };
         let patch = self.patch.unwrap_or(model_config.input_size);
         model_config
-            .check_input([1, model_config.encoder.in_channels, patch[0], patch[1], patch[2]])
+            .check_input([
+                1,
+                model_config.encoder.in_channels,
+                patch[0],
+                patch[1],
+                patch[2],
+            ])
             .map_err(|e| StageError::new(format!("`patch`: {e}")))?;
         if model_config.classification.num_classes != 2 {
             return Err(StageError::file(
@@ -469,7 +497,12 @@ fn p_class1(logits: &[f32]) -> f64 {
 pub fn combine_grades(probabilities: &[f64], weights: &[f64]) -> f64 {
     let total: f64 = weights.iter().sum();
     if total > 1e-6 {
-        probabilities.iter().zip(weights).map(|(p, w)| p * w).sum::<f64>() / total
+        probabilities
+            .iter()
+            .zip(weights)
+            .map(|(p, w)| p * w)
+            .sum::<f64>()
+            / total
     } else {
         probabilities.iter().sum::<f64>() / probabilities.len().max(1) as f64
     }
@@ -541,7 +574,9 @@ impl Stage for InferStage {
         let mut weights = Vec::with_capacity(plan.starts.len());
         let logits = sliding_window(image, &plan, self.blend, c.batch, |windows, starts| {
             if ctx.cancelled() {
-                return Err(StageError::new("inference stopped: the run is being cancelled"));
+                return Err(StageError::new(
+                    "inference stopped: the run is being cancelled",
+                ));
             }
             let out = self.runner.forward(&self.model_config, windows)?;
             for ((&start, det), (seg, class)) in starts
@@ -723,12 +758,15 @@ mod tests {
             .unwrap()
             .process(original.clone(), &ctx())
             .unwrap();
-        assert_ne!(ras.meta.affine, original.meta.affine, "phantoms are stored LPS");
+        assert_ne!(
+            ras.meta.affine, original.meta.affine,
+            "phantoms are stored LPS"
+        );
 
-        let params = |space: &str| {
-            serde_json::json!({"checkpoint": path, "space": space, "batch": 3, "overlap": 0.25})
-        };
-        let back = build(params("original")).process(ras.clone(), &ctx()).unwrap();
+        let params = |space: &str| serde_json::json!({"checkpoint": path, "space": space, "batch": 3, "overlap": 0.25});
+        let back = build(params("original"))
+            .process(ras.clone(), &ctx())
+            .unwrap();
         assert_eq!(back.meta.affine, original.meta.affine);
         assert!(back.meta.history.is_empty());
         assert_eq!(back.u8("pred_label").unwrap().shape(), &[50, 45, 37]);
@@ -743,7 +781,11 @@ mod tests {
         // function, lands on the same voxels
         let current = build(params("current")).process(ras, &ctx()).unwrap();
         assert_eq!(current.u8("pred_label").unwrap().shape(), &[50, 45, 37]);
-        let label = current.u8("pred_label").unwrap().clone().insert_axis(ndarray::Axis(0));
+        let label = current
+            .u8("pred_label")
+            .unwrap()
+            .clone()
+            .insert_axis(ndarray::Axis(0));
         let mapped = crate::io::nifti_stages::to_original_space(
             label.into_dimensionality::<Ix4>().unwrap(),
             &current.meta.history,
@@ -751,7 +793,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             mapped.index_axis(ndarray::Axis(0), 0),
-            back.u8("pred_label").unwrap().view().into_dimensionality().unwrap()
+            back.u8("pred_label")
+                .unwrap()
+                .view()
+                .into_dimensionality()
+                .unwrap()
         );
         let boxes_current = current.boxes("pred_boxes").unwrap();
         let boxes_back = back.boxes("pred_boxes").unwrap();
@@ -780,7 +826,10 @@ mod tests {
         // the same tumour at volume [10, 10, 10]–[20, 20, 20] seen from two windows, and a
         // second tumour seen by the second window only
         let windows = vec![
-            ([0, 0, 0], det(vec![[10.0, 10.0, 10.0, 20.0, 20.0, 20.0]], vec![0.9])),
+            (
+                [0, 0, 0],
+                det(vec![[10.0, 10.0, 10.0, 20.0, 20.0, 20.0]], vec![0.9]),
+            ),
             (
                 [8, 0, 0],
                 det(
@@ -803,7 +852,10 @@ mod tests {
         let padded = vec![(
             [-4, 0, 0],
             det(
-                vec![[2.0, 1.0, 1.0, 8.0, 5.0, 5.0], [0.0, 1.0, 1.0, 3.0, 5.0, 5.0]],
+                vec![
+                    [2.0, 1.0, 1.0, 8.0, 5.0, 5.0],
+                    [0.0, 1.0, 1.0, 3.0, 5.0, 5.0],
+                ],
                 vec![0.7, 0.6],
             ),
         )];
@@ -824,9 +876,20 @@ mod tests {
                 prob[[r, x, 0, 0]] = 0.9;
             }
         }
-        let labels = |et| label_map(&prob, 0.5, et).iter().copied().collect::<Vec<u8>>();
-        assert_eq!(labels(BratsConvention::Brats2018.enhancing()), [0, 2, 1, 4, 4]);
-        assert_eq!(labels(BratsConvention::Brats2023.enhancing()), [0, 2, 1, 3, 3]);
+        let labels = |et| {
+            label_map(&prob, 0.5, et)
+                .iter()
+                .copied()
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(
+            labels(BratsConvention::Brats2018.enhancing()),
+            [0, 2, 1, 4, 4]
+        );
+        assert_eq!(
+            labels(BratsConvention::Brats2023.enhancing()),
+            [0, 2, 1, 3, 3]
+        );
     }
 
     #[test]
@@ -862,11 +925,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, ..) = tiny_checkpoint(dir.path());
         let mut sample = Sample::new("case");
-        sample.insert("image", Field::f32(ArrayD::zeros(ndarray::IxDyn(&[3, 32, 32, 32]))));
+        sample.insert(
+            "image",
+            Field::f32(ArrayD::zeros(ndarray::IxDyn(&[3, 32, 32, 32]))),
+        );
         let err = build(serde_json::json!({"checkpoint": path}))
             .process(sample, &ctx())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("3 channels") && err.contains("expects 4"), "{err}");
+        assert!(
+            err.contains("3 channels") && err.contains("expects 4"),
+            "{err}"
+        );
     }
 }

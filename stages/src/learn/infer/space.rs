@@ -170,7 +170,7 @@ mod tests {
         let mask = Array3::from_shape_fn(shape, |(x, y, z)| {
             u8::from((3..9).contains(&x) && (10..15).contains(&y) && (2..6).contains(&z))
         });
-        let mut affine = mtmed3d_pipeline::IDENTITY;
+        let mut affine = mtmed3d_pipeline::sample::IDENTITY;
         affine[0][0] = -1.0;
         affine[1][1] = -1.2;
         affine[2][2] = 2.5;
@@ -239,7 +239,10 @@ mod tests {
             shape_after: [14, 10, 10],
         }];
         let padding = [0.0, 2.0, 2.0, 3.0, 5.0, 5.0];
-        assert_eq!(box_to_original(&padding, [14, 10, 10], &history).unwrap(), None);
+        assert_eq!(
+            box_to_original(&padding, [14, 10, 10], &history).unwrap(),
+            None
+        );
         let straddling = [2.0, 2.0, 2.0, 7.0, 5.0, 5.0];
         assert_eq!(
             box_to_original(&straddling, [14, 10, 10], &history).unwrap(),

@@ -59,7 +59,8 @@ impl WindowPlan {
     /// coordinates.
     pub fn inside(&self, start: [i64; 3]) -> ([usize; 3], [usize; 3]) {
         let lo = [0, 1, 2].map(|a| start[a].max(0) as usize);
-        let hi = [0, 1, 2].map(|a| ((start[a] + self.patch[a] as i64).max(0) as usize).min(self.volume[a]));
+        let hi = [0, 1, 2]
+            .map(|a| ((start[a] + self.patch[a] as i64).max(0) as usize).min(self.volume[a]));
         (lo, hi)
     }
 }
@@ -82,8 +83,7 @@ pub fn importance_map(patch: [usize; 3], blend: Blend) -> Array3<f32> {
                     .collect()
             };
             let (gx, gy, gz) = (axis(0), axis(1), axis(2));
-            let map =
-                Array3::from_shape_fn(patch, |(i, j, k)| (gx[i] * gy[j] * gz[k]) as f32);
+            let map = Array3::from_shape_fn(patch, |(i, j, k)| (gx[i] * gy[j] * gz[k]) as f32);
             let floor = map.iter().copied().fold(f32::INFINITY, f32::min).max(1e-3);
             map.mapv(|v| v.max(floor))
         }
@@ -127,10 +127,10 @@ impl Blender {
         }
         let off = [0, 1, 2].map(|a| (lo[a] as i64 - start[a]) as usize);
         let src = |a: usize| off[a]..off[a] + hi[a] - lo[a];
-        let w = self
-            .importance
-            .slice(s![src(0), src(1), src(2)]);
-        let mut acc = self.weight.slice_mut(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
+        let w = self.importance.slice(s![src(0), src(1), src(2)]);
+        let mut acc = self
+            .weight
+            .slice_mut(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
         acc += &w;
         for (c, pred) in prediction.axis_iter(Axis(0)).enumerate() {
             let p = pred.slice(s![src(0), src(1), src(2)]);
@@ -199,7 +199,8 @@ mod tests {
 
     /// A smooth function of the volume position, so every window's view of it differs.
     fn field(c: usize, x: f64, y: f64, z: f64) -> f32 {
-        ((c as f64 + 1.0) * (0.11 * x).sin() + 0.07 * y * y / 10.0 - (0.05 * z).cos() * (c as f64)) as f32
+        ((c as f64 + 1.0) * (0.11 * x).sin() + 0.07 * y * y / 10.0 - (0.05 * z).cos() * (c as f64))
+            as f32
     }
 
     /// A fake predictor that returns `field` at each window voxel's volume position (the
@@ -213,14 +214,17 @@ mod tests {
             Ok(starts
                 .iter()
                 .map(|st| {
-                    Array4::from_shape_fn((channels, patch[0], patch[1], patch[2]), |(c, i, j, k)| {
-                        field(
-                            c,
-                            (st[0] + i as i64) as f64,
-                            (st[1] + j as i64) as f64,
-                            (st[2] + k as i64) as f64,
-                        )
-                    })
+                    Array4::from_shape_fn(
+                        (channels, patch[0], patch[1], patch[2]),
+                        |(c, i, j, k)| {
+                            field(
+                                c,
+                                (st[0] + i as i64) as f64,
+                                (st[1] + j as i64) as f64,
+                                (st[2] + k as i64) as f64,
+                            )
+                        },
+                    )
                 })
                 .collect())
         }
@@ -246,7 +250,10 @@ mod tests {
                     .indexed_iter()
                     .map(|((c, x, y, z), v)| (v - field(c, x as f64, y as f64, z as f64)).abs())
                     .fold(0.0f32, f32::max);
-                assert!(worst < 1e-5, "{volume:?} {patch:?} {blend:?}: error {worst}");
+                assert!(
+                    worst < 1e-5,
+                    "{volume:?} {patch:?} {blend:?}: error {worst}"
+                );
             }
         }
     }
@@ -291,9 +298,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let direct = predict_field(1, [16; 3])(ArrayD::zeros(IxDyn(&[1, 1, 16, 16, 16])), &[[0; 3]])
-            .unwrap()
-            .remove(0);
+        let direct =
+            predict_field(1, [16; 3])(ArrayD::zeros(IxDyn(&[1, 1, 16, 16, 16])), &[[0; 3]])
+                .unwrap()
+                .remove(0);
         let worst = (&out - &direct).iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(worst < 1e-6, "{worst}");
     }
