@@ -42,6 +42,8 @@ pub fn registry() -> Registry {
     r.stage::<augment::RandRot90>();
     r.stage::<augment::RandRotate>();
     r.stage::<augment::RandIntensity>();
+    #[cfg(feature = "learn")]
+    r.stage::<learn::infer::Infer>();
     r.sink::<basic::JsonWrite>();
     r.sink::<basic::Discard>();
     r.sink::<io::nifti_stages::NiftiWrite>();
