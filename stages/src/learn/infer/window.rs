@@ -203,12 +203,15 @@ mod tests {
             as f32
     }
 
+    /// Windows' predictions for a batch of windows starting at the given voxels.
+    type Predictions = Result<Vec<Array4<f32>>, String>;
+
     /// A fake predictor that returns `field` at each window voxel's volume position (the
     /// padding included), so any misplaced window or weight shows in the blended result.
     fn predict_field(
         channels: usize,
         patch: [usize; 3],
-    ) -> impl FnMut(ArrayD<f32>, &[[i64; 3]]) -> Result<Vec<Array4<f32>>, String> {
+    ) -> impl FnMut(ArrayD<f32>, &[[i64; 3]]) -> Predictions {
         move |batch, starts| {
             assert_eq!(batch.shape()[0], starts.len());
             Ok(starts
