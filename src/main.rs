@@ -12,6 +12,8 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 use mtmed3d_pipeline::graph::{GraphFormat, render};
 use mtmed3d_pipeline::{Diagnostics, Plan, Registry, RunOptions, Shard, config, runtime};
 
+mod model_cmd;
+
 /// The demo pipeline, embedded so that `mtmed3d demo` needs no files.
 const DEMO_PIPELINE: &str = include_str!("../configs/demo.yaml");
 
@@ -98,6 +100,9 @@ enum Command {
         #[arg(long, default_value_t = 0.7)]
         hgg_fraction: f64,
     },
+    /// Facts about the MTMed3D model: `mtmed3d model summary --preset reference`.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
     /// Run the built-in demo pipeline (no downloads); outputs go to --out.
     Demo {
         #[arg(long, default_value = "runs/demo")]
@@ -203,6 +208,7 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
             shape,
             hgg_fraction,
         } => write_phantoms(&out, cases, seed, shape, hgg_fraction, progress),
+        Command::Model(command) => model_cmd::run(command),
         Command::Demo { out, overrides } => {
             let mut all = vec![
                 format!(
