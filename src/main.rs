@@ -15,6 +15,7 @@ use mtmed3d_pipeline::graph::{GraphFormat, render};
 use mtmed3d_pipeline::{Diagnostics, Plan, Registry, RunOptions, Shard, config, runtime};
 
 mod evaluate;
+mod model_cmd;
 
 /// The demo pipeline, embedded so that `mtmed3d demo` needs no files.
 const DEMO_PIPELINE: &str = include_str!("../configs/demo.yaml");
@@ -107,6 +108,9 @@ enum Command {
     /// Inspect, verify and finalise a Zarr case store.
     #[command(subcommand)]
     Cache(cache_cmd::CacheCommand),
+    /// Facts about the MTMed3D model: `mtmed3d model summary --preset reference`.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
     /// Run the built-in demo pipeline (no downloads); outputs go to --out.
     Demo {
         #[arg(long, default_value = "runs/demo")]
@@ -214,6 +218,7 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
         } => write_phantoms(&out, cases, seed, shape, hgg_fraction, progress),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Cache(command) => cache_cmd::run(command),
+        Command::Model(command) => model_cmd::run(command),
         Command::Demo { out, overrides } => {
             let mut all = vec![
                 format!(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU (driver + NVRTC; no CUDA toolkit needed at build time): build with burn's
-# CUDA backend and print one table of inference latency, forward + backward and a training step for the
-# reference preset, followed by the same on the CPU for comparison.
+# CUDA backend and print inference latency, forward + backward (whole model and per part) and training steps
+# (fixed weights, GradNorm) for a preset, each line as soon as it is measured.
 #
 #   model/benches/gpu.sh [PRESET] [ITERS]
 set -euo pipefail

@@ -7,9 +7,12 @@ RetinaNet with the same PANet neck and GroupNorm heads, 5 anchors per location) 
 inference forward, forward + backward of Dice + focal + detection-style losses, and one AdamW step.
 
     pip install torch monai==1.3.0   # CPU wheels: --index-url https://download.pytorch.org/whl/cpu
-    python model/benches/pytorch_reference.py [--device cpu|cuda] [--iters 3] [--threads N] [--json]
+    python model/benches/pytorch_reference.py [--device cpu|cuda] [--iters 3] [--threads N]
+        [--only inference,fwd_bwd,parts,step] [--json]
 
-Run it on the same machine as the Rust bench and divide: ratio = burn seconds / PyTorch seconds.
+Each measurement is printed (flushed) as it completes; `parts` times each part alone from detached inputs, as
+the Rust bench does. `model/benches/model_cpu.sh` runs both at the same thread count and prints the ratios
+(burn seconds / PyTorch seconds).
 """
 import argparse
 import json
@@ -93,13 +96,45 @@ class MultiTask(nn.Module):
         return seg, logits, cls, box
 
 
+def encoder_features(model, x):
+    return model.seg.swinViT(x, model.seg.normalize)
+
+
+def segmentation(model, x, hs):
+    enc0 = model.seg.encoder1(x)
+    enc1 = model.seg.encoder2(hs[0])
+    enc2 = model.seg.encoder3(hs[1])
+    enc3 = model.seg.encoder4(hs[2])
+    dec4 = model.seg.encoder10(hs[4])
+    dec3 = model.seg.decoder5(dec4, hs[3])
+    dec2 = model.seg.decoder4(dec3, enc3)
+    dec1 = model.seg.decoder3(dec2, enc2)
+    dec0 = model.seg.decoder2(dec1, enc1)
+    return model.seg.out(model.seg.decoder1(dec0, enc0))
+
+
+def detector(model, hs):
+    n = model.neck(list(hs[1:]))
+    cls = torch.cat([model.cls_head(t) for t in n], 1)
+    box = torch.cat([model.box_head(t) for t in n], 1).reshape(hs[0].shape[0], -1, 6)
+    return cls, box
+
+
+ALL = ["inference", "fwd_bwd", "parts", "step"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL))
+    ap.add_argument("--json", action="store_true", help="one JSON object per measurement and line")
     a = ap.parse_args()
+    only = a.only.split(",")
+    for o in only:
+        if o not in ALL:
+            ap.error(f"--only: unknown measurement {o!r} (known: {','.join(ALL)})")
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -110,17 +145,17 @@ def main():
     grade = F.one_hot(torch.tensor([1], device=dev), 2).float()
     dice = DiceLoss(sigmoid=True, squared_pred=True)
     focal = FocalLoss(gamma=2.8)
+    params = sum(p.numel() for p in model.parameters())
+    header = {"framework": f"torch {torch.__version__}", "device": a.device, "threads": torch.get_num_threads(),
+              "input": [1, 4, 96, 96, 96], "parameters": params}
+    if not a.json:
+        print(f"PyTorch {torch.__version__} + MONAI on {a.device} ({torch.get_num_threads()} threads), "
+              f"input 1x4x96^3, {params:,} parameters, {a.iters} timed runs after one warm-up")
+        print(f"{'measurement':<34}{'median s':>10}{'min s':>10}", flush=True)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
-
-    def loss_of(out):
-        seg, logits, cls, box = out
-        cls_t = torch.zeros_like(cls)
-        cls_t[:, :40] = 1
-        det = torchvision_focal(cls, cls_t) / 40 + F.smooth_l1_loss(box[:, :40], torch.zeros_like(box[:, :40]), beta=1 / 9)
-        return dice(seg, seg_t) + focal(logits, grade) + det
 
     def torchvision_focal(x, t, gamma=2.0, alpha=0.25):
         p = torch.sigmoid(x)
@@ -128,7 +163,17 @@ def main():
         pt = p * t + (1 - p) * (1 - t)
         return ((alpha * t + (1 - alpha) * (1 - t)) * ce * (1 - pt) ** gamma).sum()
 
-    def timed(fn):
+    def det_loss(cls, box):
+        cls_t = torch.zeros_like(cls)
+        cls_t[:, :40] = 1
+        return torchvision_focal(cls, cls_t) / 40 + F.smooth_l1_loss(box[:, :40], torch.zeros_like(box[:, :40]),
+                                                                      beta=1 / 9)
+
+    def loss_of(out):
+        seg, logits, cls, box = out
+        return dice(seg, seg_t) + focal(logits, grade) + det_loss(cls, box)
+
+    def row(name, fn):
         times = []
         for i in range(a.iters + 1):
             t = time.perf_counter()
@@ -136,39 +181,68 @@ def main():
             sync()
             if i > 0:
                 times.append(time.perf_counter() - t)
-        return statistics.median(times)
+        med, low = statistics.median(times), min(times)
+        if a.json:
+            print(json.dumps({**header, "measurement": name, "seconds": med, "min_seconds": low, "runs": len(times)}),
+                  flush=True)
+        else:
+            print(f"{name:<34}{med:>10.3f}{low:>10.3f}", flush=True)
 
-    model.eval()
-    with torch.no_grad():
-        latency = timed(lambda: model(x))
+    if "inference" in only:
+        model.eval()
+        with torch.no_grad():
+            row("inference forward", lambda: model(x))
     model.train()
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
         loss_of(model(x)).backward()
 
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    if "fwd_bwd" in only:
+        row("forward + backward", fwd_bwd)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_of(model(x)).backward()
-        opt.step()
+    if "parts" in only:
+        with torch.no_grad():
+            hs = [h.detach() for h in encoder_features(model, x)]
+            seg = segmentation(model, x, hs).detach()
+            row("encoder forward", lambda: encoder_features(model, x))
+            row("segmentation forward", lambda: segmentation(model, x, hs))
+            row("classifier forward", lambda: model.cls(seg))
+            row("detector forward", lambda: detector(model, hs))
 
-    rows = {
-        "inference forward": latency,
-        "forward + backward": timed(fwd_bwd),
-        "training step (AdamW)": timed(step),
-    }
-    params = sum(p.numel() for p in model.parameters())
-    if a.json:
-        print(json.dumps({"framework": f"torch {torch.__version__}", "device": a.device, "threads": torch.get_num_threads(),
-                          "parameters": params, "seconds": rows}))
-    else:
-        print(f"PyTorch {torch.__version__} + MONAI on {a.device} ({torch.get_num_threads()} threads), "
-              f"input 1x4x96^3, {params:,} parameters, median of {a.iters}")
-        print(f"{'measurement':<26}{'seconds':>12}")
-        for k, v in rows.items():
-            print(f"{k:<26}{v:>12.3f}")
+        def enc():
+            model.zero_grad(set_to_none=True)
+            sum(h.mean() for h in encoder_features(model, x)).backward()
+
+        def leaves():
+            return [h.clone().requires_grad_() for h in hs]
+
+        def seg_part():
+            model.zero_grad(set_to_none=True)
+            dice(segmentation(model, x, leaves()), seg_t).backward()
+
+        def cls_part():
+            model.zero_grad(set_to_none=True)
+            focal(model.cls(seg.clone().requires_grad_()), grade).backward()
+
+        def det_part():
+            model.zero_grad(set_to_none=True)
+            det_loss(*detector(model, leaves())).backward()
+
+        row("encoder fwd+bwd", enc)
+        row("segmentation fwd+bwd", seg_part)
+        row("classifier fwd+bwd", cls_part)
+        row("detector fwd+bwd", det_part)
+
+    if "step" in only:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss_of(model(x)).backward()
+            opt.step()
+
+        row("training step (AdamW)", step)
 
 
 if __name__ == "__main__":

@@ -1,41 +1,76 @@
-//! Timing of the `reference` preset (or another): inference latency, forward + backward of the whole
-//! multi-task model, and one full training step, on the CPU (flex) or, with `--features cuda`, on a GPU.
+//! Timing of a preset (default `reference`): inference latency, forward + backward of the whole multi-task
+//! model, per-part forward and forward + backward (encoder, segmentation decoder, classifier, detector), and
+//! one full training step with fixed task weights and with a GradNorm update, on the CPU (flex) or, with
+//! `--features cuda`, on a GPU.
 //!
 //! ```text
-//! cargo bench -p mtmed3d-model --bench reference_step -- [--preset reference] [--device cpu|cuda] [--iters 3] [--json]
+//! cargo bench -p mtmed3d-model --bench reference_step -- [--preset reference] [--device cpu|cuda]
+//!     [--iters 3] [--batch 1] [--threads N] [--only inference,fwd_bwd,parts,step,gradnorm] [--json]
 //! ```
-//! Prints one table (or a JSON object with `--json`). Compare with `benches/pytorch_reference.py`, run on
-//! the same machine, for the ratio against PyTorch + MONAI.
+//! Each measurement is printed as soon as it completes (one line, flushed), so a run cut short by a timeout
+//! still reports what it measured; with `--json` each line is a JSON object. Compare with
+//! `benches/pytorch_reference.py` (same machine, same thread count): `benches/model_cpu.sh` runs both.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor, TensorData};
-use mtmed3d_model::balance::TaskBalancer;
-use mtmed3d_model::decoder::detection::BoxTargets;
+use mtmed3d_model::balance::{GradNorm, GradNormConfig, TaskBalancer};
+use mtmed3d_model::decoder::detection::{BoxTargets, detection_loss};
+use mtmed3d_model::encoder::EncoderFeatures;
+use mtmed3d_model::loss::{classification_focal_loss, segmentation_loss};
 use mtmed3d_model::training::Trainer;
-use mtmed3d_model::{ModelConfig, Targets};
+use mtmed3d_model::{ModelConfig, MultiTaskModel, Targets};
 
 struct Args {
     preset: String,
     device: String,
     iters: usize,
+    batch: usize,
+    threads: usize,
+    only: Vec<String>,
     json: bool,
 }
+
+const ALL: &[&str] = &["inference", "fwd_bwd", "parts", "step", "gradnorm"];
 
 fn args() -> Args {
     let mut a = Args {
         preset: "reference".into(),
         device: "cpu".into(),
         iters: 3,
+        batch: 1,
+        threads: 0,
+        only: ALL.iter().map(|s| s.to_string()).collect(),
         json: false,
     };
     let mut it = std::env::args().skip(1);
+    let number = |v: Option<String>, flag: &str| -> usize {
+        v.and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{flag} needs a number"))
+    };
     while let Some(x) = it.next() {
         match x.as_str() {
             "--preset" => a.preset = it.next().expect("--preset NAME"),
             "--device" => a.device = it.next().expect("--device cpu|cuda"),
-            "--iters" => a.iters = it.next().expect("--iters N").parse().expect("a number"),
+            "--iters" => a.iters = number(it.next(), "--iters").max(1),
+            "--batch" => a.batch = number(it.next(), "--batch").max(1),
+            "--threads" => a.threads = number(it.next(), "--threads"),
+            "--only" => {
+                a.only = it
+                    .next()
+                    .expect("--only LIST")
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                if let Some(bad) = a.only.iter().find(|o| !ALL.contains(&o.as_str())) {
+                    panic!(
+                        "--only: unknown measurement `{bad}` (known: {})",
+                        ALL.join(",")
+                    );
+                }
+            }
             "--json" => a.json = true,
             _ => {} // cargo bench passes --bench
         }
@@ -43,123 +78,289 @@ fn args() -> Args {
     a
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+struct Report {
+    json: bool,
+    header: serde_json::Value,
+}
+
+impl Report {
+    /// Prints one measurement now, so that a run stopped by a timeout still shows what it finished.
+    fn row(&self, name: &str, times: &[Duration]) {
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2].as_secs_f64();
+        let min = sorted[0].as_secs_f64();
+        if self.json {
+            let mut v = self.header.clone();
+            v["measurement"] = name.into();
+            v["seconds"] = median.into();
+            v["min_seconds"] = min.into();
+            v["runs"] = times.len().into();
+            println!("{v}");
+        } else {
+            println!("{name:<34}{median:>10.3}{min:>10.3}");
+        }
+        let _ = std::io::stdout().flush();
+    }
 }
 
 fn sync<B: Backend>(device: &B::Device) {
     let _ = B::sync(device);
 }
 
-fn run<B: AutodiffBackend>(
-    cfg: &ModelConfig,
-    device: &B::Device,
-    iters: usize,
-) -> Vec<(&'static str, Duration)> {
+/// Runs `f` `iters + 1` times and keeps the times of all but the first (warm-up, allocations).
+fn timed<R>(iters: usize, mut f: impl FnMut() -> R) -> Vec<Duration> {
+    (0..=iters)
+        .filter_map(|i| {
+            let t = Instant::now();
+            drop(f());
+            (i > 0).then(|| t.elapsed())
+        })
+        .collect()
+}
+
+fn targets<B: Backend>(cfg: &ModelConfig, batch: usize, device: &B::Device) -> Targets<B> {
     let [x, y, z] = cfg.input_size;
-    let model = cfg.init::<B>(device).expect("valid preset");
-    let image = Tensor::<B, 5>::random([1, 4, x, y, z], Distribution::Normal(0.0, 1.0), device);
-    let mut mask = vec![0f32; 3 * x * y * z];
+    let half = [x, y, z].map(|s| s as f32 / 2.0);
+    let ext = [x, y, z].map(|s| s as f32 / 5.0); // a box a fifth of each edge around the centre
+    let mut mask = vec![0f32; batch * 3 * x * y * z];
     for (i, m) in mask.iter_mut().enumerate() {
         let v = i % (x * y * z);
-        let (a, b, c) = (v / (y * z), (v / z) % y, v % z);
-        *m = ((a as f32 - x as f32 / 2.0).abs() < 10.0
-            && (b as f32 - y as f32 / 2.0).abs() < 12.0
-            && (c as f32 - z as f32 / 2.0).abs() < 8.0) as u8 as f32;
+        let p = [v / (y * z), (v / z) % y, v % z];
+        *m = (0..3).all(|a| (p[a] as f32 + 0.5 - half[a]).abs() < ext[a]) as u8 as f32;
     }
-    let h = [x, y, z].map(|s| s as f32 / 2.0);
-    let targets = Targets {
-        seg: Tensor::from_data(TensorData::new(mask, [1, 3, x, y, z]), device),
-        grades: vec![1],
-        boxes: vec![BoxTargets {
-            boxes: vec![[
-                h[0] - 10.0,
-                h[1] - 12.0,
-                h[2] - 8.0,
-                h[0] + 10.0,
-                h[1] + 12.0,
-                h[2] + 8.0,
-            ]],
-            labels: vec![0],
-        }],
+    let one = BoxTargets {
+        boxes: vec![[
+            half[0] - ext[0],
+            half[1] - ext[1],
+            half[2] - ext[2],
+            half[0] + ext[0],
+            half[1] + ext[1],
+            half[2] + ext[2],
+        ]],
+        labels: vec![0],
     };
+    Targets {
+        seg: Tensor::from_data(TensorData::new(mask, [batch, 3, x, y, z]), device),
+        grades: (0..batch).map(|i| (i + 1) % 2).collect(),
+        boxes: vec![one; batch],
+    }
+}
 
-    // inference latency: the model without autodiff
-    let inner = mtmed3d_model::training::inference_model(&model);
+fn detached<B: AutodiffBackend>(f: &EncoderFeatures<B>) -> EncoderFeatures<B> {
+    EncoderFeatures {
+        hidden: f.hidden.clone().map(|h| h.detach().require_grad()),
+    }
+}
+
+/// Forward and forward + backward of each part on its own, from detached inputs: where the time goes.
+fn parts<B: AutodiffBackend>(
+    cfg: &ModelConfig,
+    model: &MultiTaskModel<B>,
+    image: &Tensor<B, 5>,
+    t: &Targets<B>,
+    iters: usize,
+    report: &Report,
+) {
+    let device = image.device();
+    let inner = mtmed3d_model::training::inference_model(model);
     let inner_image = image.clone().inner();
-    let mut latency = Vec::new();
-    for i in 0..iters + 1 {
-        let t = Instant::now();
-        let out = inner.forward(inner_image.clone());
-        let _ = out.seg_logits.into_data();
-        sync::<B::InnerBackend>(device);
-        if i > 0 {
-            latency.push(t.elapsed());
-        }
-    }
+    let feats_inner = inner.encoder.forward(inner_image.clone());
+    let seg_inner = inner
+        .segmentation
+        .forward(inner_image.clone(), &feats_inner);
 
-    // forward + backward
-    let mut fwd_bwd = Vec::new();
-    for i in 0..iters + 1 {
-        let t = Instant::now();
-        let out = model.forward(image.clone());
-        let losses = cfg.losses(&out, &targets);
-        let grads = losses.weighted_sum(&[1.0, 1.0, 1.0]).backward();
-        drop(grads);
-        sync::<B>(device);
-        if i > 0 {
-            fwd_bwd.push(t.elapsed());
-        }
-    }
+    report.row(
+        "encoder forward",
+        &timed(iters, || {
+            let f = inner.encoder.forward(inner_image.clone());
+            sync::<B::InnerBackend>(&device);
+            f
+        }),
+    );
+    report.row(
+        "segmentation forward",
+        &timed(iters, || {
+            let s = inner
+                .segmentation
+                .forward(inner_image.clone(), &feats_inner);
+            sync::<B::InnerBackend>(&device);
+            s
+        }),
+    );
+    report.row(
+        "classifier forward",
+        &timed(iters, || {
+            let x = inner
+                .classification
+                .prepare_input(seg_inner.clone(), inner_image.clone());
+            let c = inner.classification.forward(x);
+            sync::<B::InnerBackend>(&device);
+            c
+        }),
+    );
+    report.row(
+        "detector forward",
+        &timed(iters, || {
+            let d = inner.detection.forward(&feats_inner);
+            sync::<B::InnerBackend>(&device);
+            d
+        }),
+    );
 
-    // training step: forward, backward, AdamW
-    let mut trainer = Trainer::<B>::new(cfg.clone(), TaskBalancer::Fixed(vec![1.0; 3]), 0.01);
+    let feats = model.encoder.forward(image.clone());
+    let seg = model.segmentation.forward(image.clone(), &feats).detach();
+    report.row(
+        "encoder fwd+bwd",
+        &timed(iters, || {
+            let f = model.encoder.forward(image.clone());
+            let loss = f
+                .hidden
+                .into_iter()
+                .map(|h| h.mean())
+                .reduce(|a, b| a + b)
+                .unwrap();
+            let g = loss.backward();
+            sync::<B>(&device);
+            g
+        }),
+    );
+    report.row(
+        "segmentation fwd+bwd",
+        &timed(iters, || {
+            let f = detached(&feats);
+            let s = model.segmentation.forward(image.clone(), &f);
+            let g = segmentation_loss(&cfg.loss, s, t.seg.clone()).backward();
+            sync::<B>(&device);
+            g
+        }),
+    );
+    report.row(
+        "classifier fwd+bwd",
+        &timed(iters, || {
+            let x = model
+                .classification
+                .prepare_input(seg.clone().require_grad(), image.clone());
+            let logits = model.classification.forward(x);
+            let g =
+                classification_focal_loss(logits, &t.grades, cfg.loss.cls_focal_gamma).backward();
+            sync::<B>(&device);
+            g
+        }),
+    );
+    report.row(
+        "detector fwd+bwd",
+        &timed(iters, || {
+            let f = detached(&feats);
+            let out = model.detection.forward(&f);
+            let [_, _, x, y, z] = image.dims();
+            let anchors = cfg.anchors([x, y, z], &out.level_sizes);
+            let l = detection_loss(&cfg.detection, &anchors, &out, &t.boxes);
+            let g = (l.classification + l.box_regression).backward();
+            sync::<B>(&device);
+            g
+        }),
+    );
+}
+
+fn run<B: AutodiffBackend>(cfg: &ModelConfig, device: &B::Device, a: &Args, report: &Report) {
+    let [x, y, z] = cfg.input_size;
+    let model = cfg.init::<B>(device).expect("valid preset");
+    let image = Tensor::<B, 5>::random(
+        [a.batch, 4, x, y, z],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let t = targets::<B>(cfg, a.batch, device);
+    let want = |m: &str| a.only.iter().any(|o| o == m);
+
+    if want("inference") {
+        let inner = mtmed3d_model::training::inference_model(&model);
+        let inner_image = image.clone().inner();
+        report.row(
+            "inference forward",
+            &timed(a.iters, || {
+                let out = inner.forward(inner_image.clone());
+                sync::<B::InnerBackend>(device);
+                out
+            }),
+        );
+    }
+    if want("fwd_bwd") {
+        report.row(
+            "forward + backward",
+            &timed(a.iters, || {
+                let out = model.forward(image.clone());
+                let g = cfg.losses(&out, &t).weighted_sum(&[1.0; 3]).backward();
+                sync::<B>(device);
+                g
+            }),
+        );
+    }
+    if want("parts") {
+        parts(cfg, &model, &image, &t, a.iters, report);
+    }
     let mut m = model;
-    let mut step = Vec::new();
-    for i in 0..iters + 1 {
-        let t = Instant::now();
-        let (next, _) = trainer.step(m, image.clone(), &targets, 1e-4);
-        m = next;
-        sync::<B>(device);
-        if i > 0 {
-            step.push(t.elapsed());
+    for (name, key, balancer) in [
+        (
+            "training step (AdamW)",
+            "step",
+            TaskBalancer::Fixed(vec![1.0; 3]),
+        ),
+        (
+            "training step + GradNorm",
+            "gradnorm",
+            TaskBalancer::GradNorm(GradNorm::new(GradNormConfig::new(), 3)),
+        ),
+    ] {
+        if !want(key) {
+            continue;
         }
+        let mut trainer = Trainer::<B>::new(cfg.clone(), balancer, 0.01);
+        let mut times = Vec::new();
+        for i in 0..=a.iters {
+            let start = Instant::now();
+            let (next, _) = trainer.step(m, image.clone(), &t, 1e-4);
+            m = next;
+            sync::<B>(device);
+            if i > 0 {
+                times.push(start.elapsed());
+            }
+        }
+        report.row(name, &times);
     }
-    vec![
-        ("inference forward", median(latency)),
-        ("forward + backward", median(fwd_bwd)),
-        ("training step (AdamW)", median(step)),
-    ]
 }
 
 fn main() {
     let a = args();
+    if a.threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(a.threads)
+            .build_global()
+            .expect("the rayon pool is set once, before any tensor work");
+    }
     let cfg = ModelConfig::preset(&a.preset).expect("known preset");
-    let rows = match a.device.as_str() {
-        "cpu" => run::<mtmed3d_model::CpuAutodiff>(&cfg, &Default::default(), a.iters),
-        #[cfg(feature = "cuda")]
-        "cuda" => run::<mtmed3d_model::CudaAutodiff>(&cfg, &Default::default(), a.iters),
-        d => panic!("unknown or disabled device `{d}` (cuda needs --features cuda)"),
-    };
     let [x, y, z] = cfg.input_size;
-    if a.json {
-        let obj: serde_json::Map<String, serde_json::Value> = rows
-            .iter()
-            .map(|(k, d)| (k.to_string(), serde_json::json!(d.as_secs_f64())))
-            .collect();
+    let threads = rayon::current_num_threads();
+    let report = Report {
+        json: a.json,
+        header: serde_json::json!({
+            "framework": "burn 0.21 (flex)", "preset": a.preset, "device": a.device,
+            "input": [a.batch, 4, x, y, z], "threads": threads,
+        }),
+    };
+    if !a.json {
         println!(
-            "{}",
-            serde_json::json!({"preset": a.preset, "device": a.device, "input": [1, 4, x, y, z], "seconds": obj})
+            "burn 0.21 preset {} on {} ({threads} rayon threads), input {}×4×{x}×{y}×{z}, {} timed runs after one warm-up",
+            a.preset, a.device, a.batch, a.iters
         );
-    } else {
-        println!(
-            "preset {} on {} (burn 0.21), input 1×4×{x}×{y}×{z}, median of {}",
-            a.preset, a.device, a.iters
-        );
-        println!("{:<26}{:>12}", "measurement", "seconds");
-        for (k, d) in rows {
-            println!("{k:<26}{:>12.3}", d.as_secs_f64());
-        }
+        println!("{:<34}{:>10}{:>10}", "measurement", "median s", "min s");
+        let _ = std::io::stdout().flush();
+    }
+    match a.device.as_str() {
+        "cpu" => run::<mtmed3d_model::CpuAutodiff>(&cfg, &Default::default(), &a, &report),
+        #[cfg(feature = "cuda")]
+        "cuda" => run::<mtmed3d_model::CudaAutodiff>(&cfg, &Default::default(), &a, &report),
+        d => panic!("unknown or disabled device `{d}` (cuda needs --features cuda)"),
     }
 }

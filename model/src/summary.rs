@@ -106,6 +106,26 @@ impl Counter {
         }
         self.act += elements as u64;
     }
+    /// Window attention over `tokens` (padded) tokens in windows of `n` tokens: the qkv projection, the
+    /// two matrix products per head (`q·kᵀ`: n·n·head_dim MACs per window and head, `attn·v` the same, so
+    /// together `2·tokens·n·ch` whatever the number of heads) and the output projection. The bias table has
+    /// `(2w − 1)³` rows per head.
+    fn window_attention(
+        &mut self,
+        ch: usize,
+        heads: usize,
+        tokens: usize,
+        n: usize,
+        window: usize,
+        qkv_bias: bool,
+    ) {
+        self.linear(ch, 3 * ch, tokens, qkv_bias);
+        self.params += ((2 * window - 1).pow(3) * heads) as u64;
+        self.macs += 2 * (tokens * n * ch) as u64;
+        // the attention matrix before and after the softmax, and the heads' output
+        self.act += 2 * (tokens / n * heads * n * n) as u64 + (tokens * ch) as u64;
+        self.linear(ch, ch, tokens, true);
+    }
     fn part(self, name: &str) -> PartSummary {
         PartSummary {
             name: name.into(),
@@ -145,11 +165,7 @@ fn encoder(cfg: &ModelConfig) -> PartSummary {
         let hidden = (ch as f64 * e.mlp_ratio) as usize;
         for _ in 0..e.depths[i] {
             c.norm(ch, t * ch, true);
-            c.linear(ch, 3 * ch, tp, e.qkv_bias);
-            c.params += ((2 * e.window_size - 1).pow(3) * heads) as u64;
-            c.macs += 2 * (tp * n * ch) as u64; // q·kᵀ and attn·v
-            c.act += 2 * (tp / n * heads * n * n) as u64 + (tp * ch) as u64;
-            c.linear(ch, ch, tp, true);
+            c.window_attention(ch, heads, tp, n, e.window_size, e.qkv_bias);
             c.norm(ch, t * ch, true);
             c.linear(ch, hidden, t, true);
             c.act += (t * hidden) as u64; // GELU
@@ -395,6 +411,45 @@ mod tests {
         // 4→48, k=2, on 48³ outputs: 48³ · 48 · 4 · 8 multiply-adds
         c.conv(4, 48, 2, 48 * 48 * 48, true);
         assert_eq!(c.macs, 48 * 48 * 48 * 48 * 4 * 8);
+    }
+
+    #[test]
+    fn stage_one_attention_macs_match_a_hand_count() {
+        // Reference stage 1: 48³ tokens of width 48, window 7 → padded to 49³ = 7³ windows of 343
+        // tokens, 3 heads of 16.
+        let mut c = Counter::default();
+        c.window_attention(48, 3, 49 * 49 * 49, 343, 7, true);
+        let windows: u64 = 7 * 7 * 7;
+        let per_window_head = 343 * 343 * 16; // one n×n×hd product
+        let qkv = 49u64.pow(3) * 48 * 144;
+        let proj = 49u64.pow(3) * 48 * 48;
+        let products = 2 * windows * 3 * per_window_head; // q·kᵀ and attn·v, 3 heads
+        assert_eq!(c.macs, qkv + products + proj);
+        assert_eq!(c.macs, 1_084_253_184 + 3_873_946_272);
+        // qkv 48·144 + 144, proj 48·48 + 48, bias table 13³·3
+        assert_eq!(c.params, 48 * 144 + 144 + 48 * 48 + 48 + 2197 * 3);
+    }
+
+    #[test]
+    fn reference_encoder_macs_add_up_per_stage() {
+        // Every stage's blocks by hand (padded tokens tp, window tokens n, width ch, MLP on the unpadded t
+        // tokens), plus patch embedding and merging.
+        let cfg = ModelConfig::reference();
+        let s = summary(&cfg).unwrap();
+        let embed = 48u64.pow(3) * 48 * 4 * 8;
+        let stages: [(u64, u64, u64, u64); 4] = [
+            (49 * 49 * 49, 343, 48, 48 * 48 * 48),
+            (28 * 28 * 28, 343, 96, 24 * 24 * 24),
+            (14 * 14 * 14, 343, 192, 12 * 12 * 12),
+            (6 * 6 * 6, 216, 384, 6 * 6 * 6),
+        ];
+        let mut total = embed;
+        for (tp, n, ch, t) in stages {
+            let block = tp * ch * 3 * ch + 2 * tp * n * ch + tp * ch * ch + 2 * t * ch * 4 * ch;
+            let merge = (t / 8) * 8 * ch * 2 * ch;
+            total += 2 * block + merge;
+        }
+        assert_eq!(s.parts[0].macs, total);
     }
 
     #[test]
