@@ -880,34 +880,26 @@ fn run_with_cases(
                                         (None, None)
                                     }
                                 };
-                                if let (Some(mut sample), Some(hit_out)) = (hit, hit_output) {
-                                    hop.counters
-                                        .busy_ns
-                                        .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);
-                                    hop.tick();
-                                    for skipped_hop in skipped {
-                                        skipped_hop.tick();
+                                // A hit skips the source and the stages before the cache.
+                                let (loaded, is_hit, target) = match (hit, hit_output) {
+                                    (Some(sample), Some(hit_out)) => {
+                                        for skipped_hop in skipped {
+                                            skipped_hop.tick();
+                                        }
+                                        state.cache_hits.fetch_add(1, Ordering::Relaxed);
+                                        (Ok(sample), true, hit_out)
                                     }
-                                    state.cache_hits.fetch_add(1, Ordering::Relaxed);
-                                    sample.epoch = epoch;
-                                    sample.seq = seq;
-                                    sample.cache_key = key;
-                                    sample.cache_hit = true;
-                                    sample.token = Some(token);
-                                    hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
-                                    let blocked = hit_out.send(sample);
-                                    hop.counters
-                                        .blocked_ns
-                                        .fetch_add(nanos(blocked), Ordering::Relaxed);
-                                    continue;
-                                }
-                                if cache.is_some() {
-                                    state.cache_misses.fetch_add(1, Ordering::Relaxed);
-                                }
-                                let loaded = catch_unwind(AssertUnwindSafe(|| {
-                                    source.load_epoch(&case, epoch, &hop.ctx)
-                                }))
-                                .unwrap_or_else(|p| Err(panic_message(p)));
+                                    _ => {
+                                        if cache.is_some() {
+                                            state.cache_misses.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                        let loaded = catch_unwind(AssertUnwindSafe(|| {
+                                            source.load_epoch(&case, epoch, &hop.ctx)
+                                        }))
+                                        .unwrap_or_else(|p| Err(panic_message(p)));
+                                        (loaded, false, out)
+                                    }
+                                };
                                 hop.counters
                                     .busy_ns
                                     .fetch_add(nanos(busy.elapsed()), Ordering::Relaxed);
@@ -917,10 +909,10 @@ fn run_with_cases(
                                         sample.epoch = epoch;
                                         sample.seq = seq;
                                         sample.cache_key = key;
-                                        sample.cache_hit = false;
+                                        sample.cache_hit = is_hit;
                                         sample.token = Some(token);
                                         hop.counters.emitted.fetch_add(1, Ordering::Relaxed);
-                                        let blocked = out.send(sample);
+                                        let blocked = target.send(sample);
                                         hop.counters
                                             .blocked_ns
                                             .fetch_add(nanos(blocked), Ordering::Relaxed);
