@@ -35,6 +35,7 @@ use mtmed3d_pipeline::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::zarr::sink::{chunk_for, layout_problems};
 use super::zarr::store::{CaseStore, FORMAT_VERSION, StoreDtype, StoreOptions};
 
 /// Caches the cases computed by the stages before it in a Zarr v3 store; later runs read them
@@ -90,16 +91,7 @@ impl Component for Cache {
         true
     }
     fn check(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        if self.patch_size.contains(&0) {
-            p.push(Problem::param("patch_size", "sizes must be at least 1"));
-        }
-        if self.chunk.is_some_and(|c| c.contains(&0)) {
-            p.push(Problem::param("chunk", "sizes must be at least 1"));
-        }
-        if !(1..=22).contains(&self.level) {
-            p.push(Problem::param("level", "zstd levels run from 1 to 22"));
-        }
+        let mut p = layout_problems(self.patch_size, self.chunk, self.level);
         if self.write_queue == 0 {
             p.push(Problem::param("write_queue", "must be at least 1"));
         }
@@ -110,9 +102,7 @@ impl Component for Cache {
 impl Cache {
     fn store_options(&self) -> StoreOptions {
         StoreOptions {
-            chunk: self
-                .chunk
-                .unwrap_or(self.patch_size.map(|p| p.div_ceil(2).max(1))),
+            chunk: chunk_for(self.patch_size, self.chunk),
             dtype: self.dtype,
             level: self.level,
             // One background writer: it may use both codec threads while stages compute.

@@ -67,12 +67,35 @@ fn yes() -> bool {
     true
 }
 
+/// The chunk shape: as given, else half the training patch (rounded up), so a random patch
+/// reads about (patch + chunk)³ voxels rather than the whole volume.
+pub(crate) fn chunk_for(patch_size: [usize; 3], chunk: Option<[usize; 3]>) -> [usize; 3] {
+    chunk.unwrap_or(patch_size.map(|p| p.div_ceil(2).max(1)))
+}
+
+/// Checks of the layout parameters a store writer shares (`zarr_write`, `cache`).
+pub(crate) fn layout_problems(
+    patch_size: [usize; 3],
+    chunk: Option<[usize; 3]>,
+    level: i32,
+) -> Vec<Problem> {
+    let mut p = Vec::new();
+    if patch_size.contains(&0) {
+        p.push(Problem::param("patch_size", "sizes must be at least 1"));
+    }
+    if chunk.is_some_and(|c| c.contains(&0)) {
+        p.push(Problem::param("chunk", "sizes must be at least 1"));
+    }
+    if !(1..=22).contains(&level) {
+        p.push(Problem::param("level", "zstd levels run from 1 to 22"));
+    }
+    p
+}
+
 impl ZarrWrite {
     pub fn store_options(&self, config_hash: Option<String>) -> StoreOptions {
         StoreOptions {
-            chunk: self
-                .chunk
-                .unwrap_or(self.patch_size.map(|p| p.div_ceil(2).max(1))),
+            chunk: chunk_for(self.patch_size, self.chunk),
             shard: self.shard,
             dtype: self.dtype,
             level: self.level,
@@ -91,13 +114,7 @@ impl Component for ZarrWrite {
         vec![self.path.clone()]
     }
     fn check(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        if self.patch_size.contains(&0) {
-            p.push(Problem::param("patch_size", "sizes must be at least 1"));
-        }
-        if self.chunk.is_some_and(|c| c.contains(&0)) {
-            p.push(Problem::param("chunk", "sizes must be at least 1"));
-        }
+        let mut p = layout_problems(self.patch_size, self.chunk, self.level);
         let chunk = self.store_options(None).chunk;
         if let Some(shard) = self.shard
             && (0..3).any(|a| shard[a] == 0 || shard[a] % chunk[a] != 0)
@@ -106,9 +123,6 @@ impl Component for ZarrWrite {
                 "shard",
                 format!("`shard` must be a multiple of the chunk shape {chunk:?} on every axis"),
             ));
-        }
-        if !(1..=22).contains(&self.level) {
-            p.push(Problem::param("level", "zstd levels run from 1 to 22"));
         }
         if self.codec_threads == 0 {
             p.push(Problem::param("codec_threads", "must be at least 1"));

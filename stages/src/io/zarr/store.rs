@@ -385,18 +385,7 @@ impl CaseStore {
                 "a Zarr node but not a mtmed3d case store (no `mtmed3d.kind` attribute in zarr.json)",
             ));
         }
-        let version = ours
-            .and_then(|m| m.get("format_version"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        if version == 0 || version > FORMAT_VERSION {
-            return Err(err(
-                path,
-                format!(
-                    "case store format version {version} is not supported (this mtmed3d reads 1 to {FORMAT_VERSION}): upgrade mtmed3d or rebuild the store"
-                ),
-            ));
-        }
+        check_format_version(ours, path, "case store")?;
         let storage: ReadableWritableListableStorage =
             Arc::new(FilesystemStore::new(path).map_err(|e| err(path, e))?);
         let options = ours
@@ -1178,23 +1167,29 @@ fn value_field(record: &FieldRecord) -> Result<Field, String> {
     })
 }
 
-fn parse_case(doc: &Value, group: &str, path: &Path) -> Result<CaseInfo, StageError> {
-    let ours = doc
-        .get("attributes")
-        .and_then(|a| a.get("mtmed3d"))
-        .ok_or_else(|| err(path, "not a mtmed3d case (no `mtmed3d` attributes)"))?;
+/// Refuses a store or case written in a format this build cannot read (absent counts as 0).
+fn check_format_version(ours: Option<&Value>, path: &Path, what: &str) -> Result<(), StageError> {
     let version = ours
-        .get("format_version")
+        .and_then(|m| m.get("format_version"))
         .and_then(Value::as_u64)
         .unwrap_or(0);
     if version == 0 || version > FORMAT_VERSION {
         return Err(err(
             path,
             format!(
-                "case format version {version} is not supported (this mtmed3d reads 1 to {FORMAT_VERSION})"
+                "{what} format version {version} is not supported (this mtmed3d reads 1 to {FORMAT_VERSION}): upgrade mtmed3d or rebuild the store"
             ),
         ));
     }
+    Ok(())
+}
+
+fn parse_case(doc: &Value, group: &str, path: &Path) -> Result<CaseInfo, StageError> {
+    let ours = doc
+        .get("attributes")
+        .and_then(|a| a.get("mtmed3d"))
+        .ok_or_else(|| err(path, "not a mtmed3d case (no `mtmed3d` attributes)"))?;
+    check_format_version(Some(ours), path, "case")?;
     let get = |k: &str| ours.get(k).cloned().unwrap_or(Value::Null);
     let meta: Meta = serde_json::from_value(get("meta"))
         .map_err(|e| err(path, format!("case metadata: {e}")))?;
