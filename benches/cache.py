@@ -18,47 +18,24 @@ import os
 import sys
 import time
 
-import nibabel as nib
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-MODALITIES = ["t1", "t1ce", "t2", "flair"]
+# The same loading, normalisation and cropping as the preprocessing bench's peer.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from preprocess import crop_foreground, load_case, whole_tumour_box, zscore_nonzero  # noqa: E402
+
 CHUNK = 48
-
-
-def load_ras(path, dtype):
-    img = nib.as_closest_canonical(nib.load(path))
-    return np.asarray(img.dataobj, dtype=dtype), img.affine
 
 
 def preprocess(case_dir, root):
     case = os.path.basename(case_dir)
-    loaded = [load_ras(os.path.join(case_dir, f"{case}_{m}.nii.gz"), np.float32) for m in MODALITIES]
-    image = np.stack([a for a, _ in loaded])
-    affine = loaded[0][1]
-    seg, _ = load_ras(os.path.join(case_dir, f"{case}_seg.nii.gz"), np.uint8)
-    for c in range(image.shape[0]):
-        channel = image[c]
-        mask = channel != 0
-        if mask.any():
-            values = channel[mask]
-            std = values.std()
-            channel[mask] = (values - values.mean()) / (std if std > 0 else 1.0)
-    label = np.stack([(seg == 1) | (seg == 4), seg > 0, seg == 4]).astype(np.uint8)
-    nonzero = np.any(image != 0, axis=0)
-    lo = [int(np.argmax(np.any(nonzero, axis=tuple(a for a in range(3) if a != ax)))) for ax in range(3)]
-    hi = [int(nonzero.shape[ax] - np.argmax(np.any(nonzero, axis=tuple(a for a in range(3) if a != ax))[::-1])) for ax in range(3)]
-    start = [l - 8 for l in lo]
-    size = [h - l + 16 for l, h in zip(lo, hi)]
-    pad = [(max(0, -s), max(0, s + n - dim)) for s, n, dim in zip(start, size, nonzero.shape)]
-    image = np.pad(image, [(0, 0)] + pad)
-    label = np.pad(label, [(0, 0)] + pad)
-    sl = tuple(slice(s + p[0], s + p[0] + n) for s, n, p in zip(start, size, pad))
-    image = np.ascontiguousarray(image[(slice(None),) + sl])
-    label = np.ascontiguousarray(label[(slice(None),) + sl])
-    idx = np.nonzero(label[1])
-    box = [int(i.min()) for i in idx] + [int(i.max()) + 1 for i in idx] if idx[0].size else []
+    image, seg, affine = load_case(case_dir)
+    zscore_nonzero(image)
+    regions = np.stack([(seg == 1) | (seg == 4), seg > 0, seg == 4]).astype(np.uint8)
+    image, (label,) = crop_foreground(image, [regions])
+    box = whole_tumour_box(label[1])
     group = root.create_group(case)
     group.attrs.update({"affine": affine.tolist(), "boxes": [box], "shape": list(image.shape)})
     for name, values in (("image", image), ("label", label)):

@@ -27,10 +27,16 @@ def load_ras(path, dtype):
     return np.asarray(img.dataobj, dtype=dtype), img.affine
 
 
-def preprocess(case_dir):
+def load_case(case_dir):
+    """Four modalities stacked channel-first (float32, RAS), the label map (uint8) and the affine."""
     case = os.path.basename(case_dir)
-    image = np.stack([load_ras(os.path.join(case_dir, f"{case}_{m}.nii.gz"), np.float32)[0] for m in MODALITIES])
+    loaded = [load_ras(os.path.join(case_dir, f"{case}_{m}.nii.gz"), np.float32) for m in MODALITIES]
     label, _ = load_ras(os.path.join(case_dir, f"{case}_seg.nii.gz"), np.uint8)
+    return np.stack([a for a, _ in loaded]), label, loaded[0][1]
+
+
+def zscore_nonzero(image):
+    """Z-score each channel over its nonzero voxels, in place."""
     for c in range(image.shape[0]):
         channel = image[c]
         mask = channel != 0
@@ -38,21 +44,38 @@ def preprocess(case_dir):
             values = channel[mask]
             std = values.std()
             channel[mask] = (values - values.mean()) / (std if std > 0 else 1.0)
+
+
+def crop_foreground(image, others, margin=8):
+    """Crop the image and `others` (spatial arrays with any leading axes) to the image's
+    nonzero box plus `margin` voxels, zero-padding where the window leaves the volume."""
     nonzero = np.any(image != 0, axis=0)
     lo = [int(np.argmax(np.any(nonzero, axis=tuple(a for a in range(3) if a != ax)))) for ax in range(3)]
     hi = [int(nonzero.shape[ax] - np.argmax(np.any(nonzero, axis=tuple(a for a in range(3) if a != ax))[::-1])) for ax in range(3)]
-    start = [l - 8 for l in lo]
-    size = [h - l + 16 for l, h in zip(lo, hi)]
+    start = [l - margin for l in lo]
+    size = [h - l + 2 * margin for l, h in zip(lo, hi)]
     pad = [(max(0, -s), max(0, s + n - dim)) for s, n, dim in zip(start, size, nonzero.shape)]
-    image = np.pad(image, [(0, 0)] + pad)
-    label = np.pad(label, pad)
     sl = tuple(slice(s + p[0], s + p[0] + n) for s, n, p in zip(start, size, pad))
-    image = np.ascontiguousarray(image[(slice(None),) + sl])
-    label = np.ascontiguousarray(label[sl])
-    wt = label > 0
+
+    def crop(a):
+        lead = a.ndim - 3
+        a = np.pad(a, [(0, 0)] * lead + pad)
+        return np.ascontiguousarray(a[(slice(None),) * lead + sl])
+
+    return crop(image), [crop(o) for o in others]
+
+
+def whole_tumour_box(wt):
+    """[x1, y1, z1, x2, y2, z2] of a mask, x2 = last index + 1; [] when empty."""
     idx = np.nonzero(wt)
-    box = [int(i.min()) for i in idx] + [int(i.max()) + 1 for i in idx] if idx[0].size else []
-    return image.shape, box
+    return [int(i.min()) for i in idx] + [int(i.max()) + 1 for i in idx] if idx[0].size else []
+
+
+def preprocess(case_dir):
+    image, label, _ = load_case(case_dir)
+    zscore_nonzero(image)
+    image, (label,) = crop_foreground(image, [label])
+    return image.shape, whole_tumour_box(label > 0)
 
 
 def main():
