@@ -74,6 +74,17 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// Runs the pipeline to the end, checks it succeeded, and returns how many cases it did.
+fn run_to_completion(pipeline: &Path, store: &Path, summary: &Path) -> u64 {
+    let out = run_to(pipeline, store, summary).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    summary_done(summary)
+}
+
 fn summary_done(path: &Path) -> u64 {
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -103,15 +114,10 @@ fn a_killed_run_resumes_to_the_same_bytes_as_a_clean_run() {
 
     // The clean run.
     let clean = dir.path().join("clean.zarr");
-    let out = run_to(&pipeline, &clean, &dir.path().join("clean.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        run_to_completion(&pipeline, &clean, &dir.path().join("clean.json")),
+        CASES as u64
     );
-    assert_eq!(summary_done(&dir.path().join("clean.json")), CASES as u64);
 
     // The killed run, watched: whatever is listed complete must verify.
     let killed = dir.path().join("killed.zarr");
@@ -171,16 +177,8 @@ fn a_killed_run_resumes_to_the_same_bytes_as_a_clean_run() {
     );
 
     // The same command again: only the missing cases are done.
-    let out = run_to(&pipeline, &killed, &dir.path().join("second.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        summary_done(&dir.path().join("second.json")),
+        run_to_completion(&pipeline, &killed, &dir.path().join("second.json")),
         (CASES - complete_after_kill) as u64
     );
 
