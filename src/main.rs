@@ -5,8 +5,8 @@ mod cache_cmd;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,11 +14,9 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 use mtmed3d_pipeline::graph::{GraphFormat, render};
 use mtmed3d_pipeline::{Diagnostics, Plan, Registry, RunOptions, Shard, config, runtime};
 
+mod demo;
 mod evaluate;
 mod model_cmd;
-
-/// The demo pipeline, embedded so that `mtmed3d demo` needs no files.
-const DEMO_PIPELINE: &str = include_str!("../configs/demo.yaml");
 
 #[derive(Parser)]
 #[command(
@@ -111,13 +109,16 @@ enum Command {
     /// Facts about the MTMed3D model: `mtmed3d model summary --preset reference`.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
-    /// Run the built-in demo pipeline (no downloads); outputs go to --out.
-    Demo {
-        #[arg(long, default_value = "runs/demo")]
-        out: PathBuf,
-        /// Override a value of the demo pipeline, as with `run`.
-        #[arg(long = "set", value_name = "PATH=VALUE")]
-        overrides: Vec<String>,
+    /// The whole path with no downloads: synthetic cases → zarr cache → train the tiny model →
+    /// whole-volume inference on held-out cases → metrics, overlays and training curves.
+    Demo(demo::DemoArgs),
+    /// Draw a run's training curves (losses, validation, task weights) as SVG.
+    Curves {
+        /// The run's `history.jsonl` (written by `train`).
+        history: PathBuf,
+        /// Output file (default: `curves.svg` next to the history).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -219,26 +220,44 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
         Command::Evaluate(args) => evaluate::run(args),
         Command::Cache(command) => cache_cmd::run(command),
         Command::Model(command) => model_cmd::run(command),
-        Command::Demo { out, overrides } => {
-            let mut all = vec![
-                format!(
-                    "sinks.json_write.path={}",
-                    out.join("cases.jsonl").display()
-                ),
-                format!("sinks.nifti_write.dir={}", out.join("regions").display()),
-            ];
-            all.extend(overrides);
-            let name = Path::new("configs/demo.yaml (built in)");
-            let Some(plan) = validated(DEMO_PIPELINE, name, &all, &registry, false) else {
-                return Ok(EXIT_INVALID);
-            };
-            let code = run_plan(&plan, None, Some(&out.join("summary.json")), progress)?;
-            if code == 0 {
-                eprintln!("demo outputs in {}", out.display());
-            }
-            Ok(code)
+        Command::Demo(args) => demo::run(args, progress),
+        Command::Curves { history, out } => {
+            let out = out.unwrap_or_else(|| history.with_file_name("curves.svg"));
+            mtmed3d_stages::eval::curves::write_svg(&history, &out).map_err(anyhow::Error::msg)?;
+            eprintln!("{}", out.display());
+            Ok(0)
         }
     }
+}
+
+/// The flag Ctrl-C raises, shared by every run of this process (the demo runs several; a
+/// process may install only one handler).
+fn cancel_flag() -> Result<Arc<AtomicBool>> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(flag.clone());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    let raised = flag.clone();
+    // First Ctrl-C: stop cleanly (outputs marked incomplete). Second: stop now.
+    ctrlc::set_handler(move || {
+        if raised.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!("\nstopping: finishing the samples in flight (Ctrl-C again to abort)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(FLAG.get_or_init(|| flag).clone())
+}
+
+/// Runs a pipeline file (with `--set` overrides); the exit status as `run` gives it.
+fn run_file(path: &Path, overrides: &[String], progress: MultiProgress) -> Result<u8> {
+    let text = read_pipeline(path)?;
+    let registry = mtmed3d_stages::registry();
+    let Some(plan) = validated(&text, path, overrides, &registry, false) else {
+        return Ok(EXIT_INVALID);
+    };
+    run_plan(&plan, None, None, progress)
 }
 
 fn parse_shape(text: &str) -> Result<[usize; 3], String> {
@@ -250,7 +269,7 @@ fn parse_shape(text: &str) -> Result<[usize; 3], String> {
     <[usize; 3]>::try_from(parts).map_err(|_| format!("`{text}` needs three sizes: X,Y,Z"))
 }
 
-fn write_phantoms(
+pub(crate) fn write_phantoms(
     out: &Path,
     cases: usize,
     seed: u64,
@@ -339,18 +358,7 @@ fn run_plan(
     summary_path: Option<&Path>,
     progress: MultiProgress,
 ) -> Result<u8> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // First Ctrl-C: stop cleanly (outputs marked incomplete). Second: stop now.
-        ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(i32::from(EXIT_INTERRUPTED));
-            }
-            eprintln!("\nstopping: finishing the samples in flight (Ctrl-C again to abort)");
-        })
-        .context("cannot install the Ctrl-C handler")?;
-    }
+    let cancel = cancel_flag()?;
     tracing::info!(pipeline = %plan.name, file = %plan.file.display(), "run started");
     let options = RunOptions {
         shard,

@@ -254,33 +254,100 @@ fn graph_draws_the_wired_pipeline() {
 }
 
 #[test]
-fn the_demo_runs_from_an_empty_folder() {
+fn the_quick_demo_runs_every_step_and_its_metrics_equal_evaluate_on_its_files() {
     let dir = tempfile::tempdir().unwrap();
-    let out = mtmed3d(
+    let out = mtmed3d(&["demo", "--out", "run", "--quick"], dir.path());
+    let log = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    for line in [
+        "demo 1/3",
+        "demo 2/3",
+        "demo 3/3",
+        "WT Dice",
+        "detection mAP@0.5",
+    ] {
+        assert!(log.contains(line), "`{line}` missing from:\n{log}");
+    }
+    let run = dir.path().join("run");
+    for file in [
+        "configs/demo-train.yaml",
+        "train/best.ckpt",
+        "train/history.jsonl",
+        "train/curves.svg",
+        "metrics.csv",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    // the cache holds the 4 training cases, complete
+    let cached = std::fs::read_dir(run.join("cache"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("Phantom_"))
+        .count();
+    assert_eq!(cached, 4);
+    let test_cases: Vec<PathBuf> = ["HGG", "LGG"]
+        .iter()
+        .flat_map(|g| {
+            std::fs::read_dir(run.join("data/test").join(g))
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(test_cases.len(), 2);
+    for case in &test_cases {
+        let id = case.file_name().unwrap().to_string_lossy().to_string();
+        let flair =
+            mtmed3d_stages::io::nifti::read_nifti(case.join(format!("{id}_flair.nii.gz"))).unwrap();
+        let mask =
+            mtmed3d_stages::io::nifti::read_nifti(run.join(format!("predictions/{id}.nii.gz")))
+                .unwrap();
+        // the prediction lies on the input's grid
+        assert_eq!(mask.shape()[1..], flair.shape()[1..], "{id}");
+        assert_eq!(mask.affine(), flair.affine(), "{id}");
+        assert!(run.join(format!("predictions/{id}.json")).is_file());
+        assert!(run.join(format!("overlays/{id}.png")).is_file());
+    }
+    // the pipeline's metrics sink and `evaluate` on the written files agree
+    let eval = mtmed3d(
         &[
-            "demo",
+            "evaluate",
+            "--pred",
+            "run/predictions",
+            "--truth",
+            "run/data/test",
             "--out",
-            "run",
-            "--set",
-            "source.phantom.shape=[32, 32, 24]",
+            "eval.json",
         ],
         dir.path(),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let rows = lines(&dir.path().join("run/cases.jsonl"));
-    assert_eq!(rows.len(), 8);
-    for r in &rows {
-        assert_eq!(r["fields"]["image"]["shape"][0], 4);
-        assert_eq!(r["fields"]["label"]["shape"][0], 3);
-        assert_eq!(r["fields"]["boxes"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(eval.status.code(), Some(0), "{}", text(&eval.stderr));
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (sink, files) = (
+        read(run.join("metrics.json")),
+        read(dir.path().join("eval.json")),
+    );
+    for key in [
+        "dice_wt",
+        "dice_tc",
+        "dice_et",
+        "hd95_wt",
+        "hd95_et",
+        "accuracy",
+        "map_50",
+        "mar_10_50",
+    ] {
+        let (a, b) = (
+            sink["aggregate"][key].as_f64(),
+            files["aggregate"][key].as_f64(),
+        );
+        assert!(a.is_some() && b.is_some(), "{key}: {a:?} {b:?}");
+        assert!(
+            (a.unwrap() - b.unwrap()).abs() < 1e-9,
+            "{key}: {a:?} vs {b:?}"
+        );
     }
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("run/summary.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(summary["done"], 8);
-    let masks = std::fs::read_dir(dir.path().join("run/regions"))
-        .unwrap()
-        .count();
-    assert_eq!(masks, 8);
 }

@@ -234,6 +234,33 @@ fn overrides_change_values_and_bad_ones_are_reported() {
 }
 
 #[test]
+fn prediction_files_may_share_a_folder_but_not_overlap_it() {
+    // NIfTI files and a file of another kind side by side (configs/demo-test.yaml puts the
+    // label maps and box files of `mtmed3d evaluate` in one folder)
+    let shared = format!(
+        "{SOURCE}sinks:\n  - nifti_write: {{dir: pred, fields: [image], plain_names: true}}\n  - json_write: {{path: pred/cases.jsonl}}\n"
+    );
+    let parsed = config::parse_str(
+        &shared,
+        Path::new("p.yaml"),
+        &[],
+        &mtmed3d_stages::registry(),
+    );
+    assert!(parsed.is_ok(), "{:?}", parsed.err());
+    // a whole folder (a store) and a file inside it overlap
+    let d = only(&format!(
+        "{SOURCE}sinks:\n  - zarr_write: {{path: out}}\n  - json_write: {{path: out/cases.jsonl}}\n"
+    ));
+    assert_eq!(at(&d), (K::DuplicateOutput, 5, 24));
+    assert!(d.message.contains("`out/cases.jsonl`"), "{}", d.message);
+    // two writers of the same kind of file in one folder clash
+    let d = only(&format!(
+        "{SOURCE}sinks:\n  - nifti_write: {{dir: pred, fields: [image]}}\n  - nifti_write: {{dir: ./pred, fields: [image]}}\n"
+    ));
+    assert_eq!(d.kind, K::DuplicateOutput, "{d:?}");
+}
+
+#[test]
 fn wiring_mistakes_are_reported_next_to_a_broken_stage() {
     let yaml = "\
 source:

@@ -796,13 +796,18 @@ impl Validator<'_> {
         for sink in sinks.iter().flatten() {
             for path in sink.config.outputs() {
                 let normal = normalise(&path);
-                if let Some((_, first)) = seen.iter().find(|(p, _)| *p == normal) {
+                if let Some((_, first)) = seen.iter().find(|(p, _)| outputs_clash(p, &normal)) {
+                    // a pattern (`dir/*.json`) is found in the file by its folder
+                    let written = path
+                        .to_string_lossy()
+                        .split("/*")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     self.error(
                         Diagnostic::new(
                             K::DuplicateOutput,
-                            sink.params
-                                .find_str(&path.to_string_lossy())
-                                .unwrap_or(sink.loc),
+                            sink.params.find_str(&written).unwrap_or(sink.loc),
                             format!(
                                 "`{}` writes `{}`, which `{}` at line {} already writes",
                                 sink.name,
@@ -819,6 +824,14 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Whether two sinks' outputs overlap: the same path, or a folder and something inside it.
+/// Files named by a pattern in a shared folder (`pred/*.json`, `pred/*.nii.gz`) do not
+/// overlap, so the prediction files `mtmed3d evaluate` reads can share one folder.
+fn outputs_clash(a: &Path, b: &Path) -> bool {
+    let is_pattern = |p: &Path| p.to_string_lossy().contains('*');
+    a == b || (!is_pattern(a) && b.starts_with(a)) || (!is_pattern(b) && a.starts_with(b))
 }
 
 fn kind_word(kind: Kind) -> &'static str {

@@ -189,7 +189,9 @@ pub trait Component: DeserializeOwned + JsonSchema + Send + Sync + 'static {
     fn writes(&self) -> Vec<String> {
         Vec::new()
     }
-    /// Files or folders this component writes; two sinks on one path are an error.
+    /// Files or folders this component writes. Two sinks on one path, or one inside the other's
+    /// folder, are an error; a sink that shares its folder names its files by a pattern
+    /// (`dir/*.json`), and patterns that differ may share a folder.
     fn outputs(&self) -> Vec<PathBuf> {
         Vec::new()
     }

@@ -65,7 +65,8 @@ impl Component for BoxesJson {
         r
     }
     fn outputs(&self) -> Vec<PathBuf> {
-        vec![self.dir.clone()]
+        // shares its folder with the label maps in the layout `mtmed3d evaluate` reads
+        vec![self.dir.join("*.json")]
     }
 }
 

@@ -285,7 +285,8 @@ impl Component for NiftiWrite {
         self.fields.clone()
     }
     fn outputs(&self) -> Vec<PathBuf> {
-        vec![self.dir.clone()]
+        // may share its folder with `boxes_json` (the layout `mtmed3d evaluate` reads)
+        vec![self.dir.join("*.nii.gz")]
     }
     fn check(&self) -> Vec<Problem> {
         let mut p = Vec::new();

@@ -3,7 +3,7 @@
 //! ```yaml
 //! sinks:
 //!   - train:
-//!       out: runs/demo-train            # last.ckpt, best.ckpt, history.jsonl
+//!       out: runs/demo-train            # last.ckpt, best.ckpt, history.jsonl, curves.svg
 //!       preset: tiny
 //!       batch_size: 2
 //!       lr: {encoder: 2e-3, segmentation: 2e-3, classification: 2e-3, detection: 2e-3}
@@ -58,8 +58,8 @@ pub use data::{Prepared, ValidationMetrics};
 #[serde(deny_unknown_fields)]
 pub struct Train {
     /// Run directory: `last.ckpt` (every checkpoint), `best.ckpt` (best validation score, or lowest
-    /// epoch loss without validation) and `history.jsonl` (one line per step, epoch and validation,
-    /// flushed as it goes).
+    /// epoch loss without validation), `history.jsonl` (one line per step, epoch and validation,
+    /// flushed as it goes) and `curves.svg` (the history drawn after every epoch).
     pub out: PathBuf,
     /// Model preset: `tiny` (32³ inputs, trains on a laptop) or `reference` (96³, the paper's model).
     #[serde(default = "default_preset")]
@@ -729,6 +729,11 @@ impl<B: AutodiffBackend> Loop<B> {
             score = Some(-epoch_loss);
         }
         self.progress.epoch_complete = true;
+        let curves = self.params.out.join("curves.svg");
+        if let Err(e) = crate::eval::curves::write_svg(&self.history_path, &curves) {
+            // the curves are a view of the history, which is complete: training goes on
+            tracing::warn!("train: curves not drawn: {e}");
+        }
         if let Some(s) = score
             && self.progress.best_score.is_none_or(|b| s > b)
         {
