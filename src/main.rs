@@ -14,6 +14,7 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 use mtmed3d_pipeline::graph::{GraphFormat, render};
 use mtmed3d_pipeline::{Diagnostics, Plan, Registry, RunOptions, Shard, config, runtime};
 
+mod cv;
 mod demo;
 mod evaluate;
 mod model_cmd;
@@ -112,6 +113,9 @@ enum Command {
     /// The whole path with no downloads: synthetic cases → zarr cache → train the tiny model →
     /// whole-volume inference on held-out cases → metrics, overlays and training curves.
     Demo(demo::DemoArgs),
+    /// K-fold cross-validation: train each fold, test each on the held-out cases, summarise
+    /// mean ± std.
+    Cv(cv::CvArgs),
     /// Draw a run's training curves (losses, validation, task weights) as SVG.
     Curves {
         /// The run's `history.jsonl` (written by `train`).
@@ -221,6 +225,7 @@ fn dispatch(command: Command, progress: MultiProgress) -> Result<u8> {
         Command::Cache(command) => cache_cmd::run(command),
         Command::Model(command) => model_cmd::run(command),
         Command::Demo(args) => demo::run(args, progress),
+        Command::Cv(args) => cv::run(args, progress),
         Command::Curves { history, out } => {
             let out = out.unwrap_or_else(|| history.with_file_name("curves.svg"));
             mtmed3d_stages::eval::curves::write_svg(&history, &out).map_err(anyhow::Error::msg)?;

@@ -351,3 +351,100 @@ fn the_quick_demo_runs_every_step_and_its_metrics_equal_evaluate_on_its_files() 
         );
     }
 }
+
+#[test]
+fn cross_validation_tests_every_fold_on_the_same_held_out_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir(dir.path().join("configs")).unwrap();
+    for name in ["cv-train.yaml", "cv-val.yaml", "cv-test.yaml"] {
+        std::fs::copy(
+            repo.join("configs").join(name),
+            dir.path().join("configs").join(name),
+        )
+        .unwrap();
+    }
+    let phantom = mtmed3d(
+        &[
+            "phantom",
+            "--out",
+            "runs/cv/data",
+            "--cases",
+            "10",
+            "--seed",
+            "5",
+            "--shape",
+            "48,48,40",
+        ],
+        dir.path(),
+    );
+    assert_eq!(phantom.status.code(), Some(0), "{}", text(&phantom.stderr));
+    let out = mtmed3d(
+        &[
+            "cv",
+            "configs/cv-train.yaml",
+            "--test",
+            "configs/cv-test.yaml",
+            "--set",
+            "epochs=1",
+            "--set",
+            "split.folds=2",
+            "--set",
+            "split.test_fraction=0.25",
+        ],
+        dir.path(),
+    );
+    let log = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("dice_wt") && log.contains(" ± "), "{log}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/cv/cv.json")).unwrap())
+            .unwrap();
+    let folds = summary["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 2);
+    // 6 HGG and 4 LGG: round(1.5) + round(1.0) = 3 held out, the other 7 dealt to 2 folds
+    let test = &folds[0]["test_cases"];
+    assert_eq!(test.as_array().unwrap().len(), 3, "{test}");
+    assert_eq!(
+        &folds[1]["test_cases"], test,
+        "every fold is tested on the same cases"
+    );
+    let mut validated = 0;
+    for fold in 0..2 {
+        let history = lines(&dir.path().join(format!("runs/cv/fold{fold}/history.jsonl")));
+        for step in history.iter().filter(|l| l["kind"] == "step") {
+            for case in step["samples"].as_array().unwrap() {
+                assert!(
+                    !test.as_array().unwrap().contains(case),
+                    "fold {fold} trained on test case {case}"
+                );
+            }
+        }
+        let validation = history.iter().find(|l| l["kind"] == "validation").unwrap();
+        validated += validation["cases"].as_u64().unwrap();
+    }
+    assert_eq!(validated, 7, "each fold validates on its own fold");
+    for key in ["dice_wt", "accuracy", "map_50"] {
+        assert!(
+            summary["mean"][key].is_f64() && summary["std"][key].is_f64(),
+            "{key}"
+        );
+    }
+
+    // a training pipeline without a split is refused with the fix
+    let out = mtmed3d(
+        &[
+            "cv",
+            "configs/cv-val.yaml",
+            "--test",
+            "configs/cv-test.yaml",
+        ],
+        dir.path(),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("has no `split`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -193,3 +193,77 @@ fn cuda_without_the_feature_says_how_to_get_it() {
     );
     assert!(err.contains("--features cuda"), "{err}");
 }
+
+/// The CLI trains in a child process that is killed with SIGKILL mid-epoch (after its third
+/// step, with a checkpoint every second step); the same command with `resume` finishes the
+/// run, and the weights equal those of an uninterrupted run.
+#[test]
+fn a_training_process_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let common = "batch_size: 2, balance: gradnorm, gradnorm_every: 2, checkpoint_every: 2, lr: {encoder: 2.0e-3, segmentation: 2.0e-3, classification: 1.0e-3, detection: 1.0e-3}";
+    let (full, killed) = (dir.path().join("full"), dir.path().join("killed"));
+    let a = run(
+        &pipeline(2, 5, &format!("out: {}, {common}", full.display())),
+        dir.path(),
+    )
+    .unwrap();
+    assert!(a.success(false), "{}", a.render());
+
+    let file = dir.path().join("killed.yaml");
+    std::fs::write(
+        &file,
+        pipeline(2, 5, &format!("out: {}, {common}", killed.display())),
+    )
+    .unwrap();
+    let mtmed3d = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mtmed3d"));
+        c.arg("run")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    let mut child = mtmed3d().spawn().unwrap();
+    let started = Instant::now();
+    let steps_done = || {
+        std::fs::read_to_string(killed.join("history.jsonl"))
+            .map(|h| h.matches("\"kind\":\"step\"").count())
+            .unwrap_or(0)
+    };
+    // 5 cases, batch 2: epoch 0 is steps 1–3, so after step 4 the process is inside epoch 1
+    while steps_done() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no 4 steps in 10 minutes"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(steps_done() < 6, "killed after the run ended");
+
+    let status = mtmed3d()
+        .arg("--set")
+        .arg(format!(
+            "sinks.train.resume={}",
+            killed.join("last.ckpt").display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let steps: Vec<u64> = kind(&history(&killed), "step")
+        .iter()
+        .map(|s| s["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6], "every step once, in order");
+    let (diff, param) =
+        checkpoint_difference(&full.join("last.ckpt"), &killed.join("last.ckpt")).unwrap();
+    eprintln!("largest weight difference after SIGKILL and resume: {diff:e} (parameter {param})");
+    assert_eq!(diff, 0.0, "parameter {param} differs by {diff:e}");
+}

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Diagnostic, DiagnosticKind as K, Diagnostics};
 use crate::registry::{ErasedConfig, Kind, Registry, nearest};
+use crate::split::Split;
 use crate::yaml::{self, DeErrorKind, Loc, Node, Value, from_node};
 
 /// What happens when a sample fails in a stage.
@@ -61,12 +62,13 @@ impl Default for CommonOptions {
 
 pub const COMMON_OPTIONS: [&str; 3] = ["workers", "queue", "on_error"];
 
-const TOP_LEVEL: [&str; 11] = [
+const TOP_LEVEL: [&str; 12] = [
     "name",
     "description",
     "seed",
     "epochs",
     "shuffle",
+    "split",
     "allow_failures",
     "defaults",
     "source",
@@ -123,6 +125,8 @@ pub struct Plan {
     pub allow_failures: bool,
     /// Feed the cases in a new order each epoch, drawn from the seed.
     pub shuffle: bool,
+    /// Run on one part of a cross-validation split of the source's cases.
+    pub split: Option<Split>,
     pub source: Planned,
     pub stages: Vec<Planned>,
     pub sinks: Vec<Planned>,
@@ -336,6 +340,15 @@ impl Validator<'_> {
         }
         let allow_failures: bool = self.scalar(root, "allow_failures").unwrap_or(false);
         let shuffle: bool = self.scalar(root, "shuffle").unwrap_or(false);
+        let split: Option<Split> = self.scalar(root, "split");
+        if let (Some(split), Some((_, node))) = (&split, root.get("split")) {
+            for problem in split.problems() {
+                self.error(
+                    Diagnostic::new(K::InvalidValue, node.loc, problem)
+                        .with_help("e.g. `split: {folds: 5, fold: 0, part: train}`"),
+                );
+            }
+        }
         let defaults = match root.get("defaults") {
             Some((_, node)) => self.common_options(node, CommonOptions::default()).0,
             None => CommonOptions::default(),
@@ -392,6 +405,7 @@ impl Validator<'_> {
             epochs,
             allow_failures,
             shuffle,
+            split,
             source,
             stages,
             sinks,

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod rng;
 pub mod runtime;
 pub mod sample;
+pub mod split;
 pub mod stage;
 pub mod yaml;
 

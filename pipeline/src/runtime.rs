@@ -500,6 +500,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         epochs: plan.epochs,
         cases_per_epoch: None,
         upstream_hash: Some(upstream_hash(plan)),
+        split: plan.split.clone(),
     };
     let build = |p: &Planned, ctx: &BuildContext| {
         p.config.build(ctx).map_err(|e| RunError::Build {
@@ -530,18 +531,35 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     run_with_cases(plan, source, cases, stages, sinks, options)
 }
 
-/// The source's cases, sorted, without duplicates, restricted to the shard.
+/// The source's cases, sorted, without duplicates, restricted to the split's part and to
+/// the shard.
 fn case_list(
     plan: &Plan,
     source: &dyn Source,
     options: &RunOptions,
 ) -> Result<Vec<String>, RunError> {
-    let mut cases = source.cases().map_err(|e| RunError::Cases {
+    let fail = |message: String| RunError::Cases {
         source_name: plan.source.name.clone(),
-        message: e.message,
-    })?;
+        message,
+    };
+    let mut cases = source.cases().map_err(|e| fail(e.message))?;
     cases.sort();
     cases.dedup();
+    if let Some(split) = &plan.split {
+        let strata = cases
+            .iter()
+            .map(|c| Ok((c.clone(), source.stratum(c)?)))
+            .collect::<Result<Vec<_>, StageError>>()
+            .map_err(|e| fail(e.message))?;
+        let total = cases.len();
+        cases = split.select(&strata);
+        if cases.is_empty() {
+            return Err(fail(format!(
+                "`split` leaves no case in part {:?} of fold {} ({total} cases, {} folds, test fraction {})",
+                split.part, split.fold, split.folds, split.test_fraction
+            )));
+        }
+    }
     if let Some(shard) = options.shard {
         cases = shard.select(cases);
     }

@@ -35,6 +35,12 @@ pub trait Source: Send + Sync {
         self.load(case, ctx)
     }
 
+    /// The stratum of a case for cross-validation splits (its grade), when the source knows
+    /// it without loading the case; `None` puts every case in one stratum.
+    fn stratum(&self, _case: &str) -> Result<Option<String>, StageError> {
+        Ok(None)
+    }
+
     /// What the case is made of, as text that changes whenever its inputs change (file paths
     /// with sizes and modification times; a generator's parameters). A `cache` stage keys
     /// cases by it; `None` means the source cannot tell, and such cases are always recomputed.
@@ -157,6 +163,9 @@ pub struct BuildContext {
     /// every stage with their parameters. Stores record it, so a rerun with another
     /// configuration does not take old outputs for its own.
     pub upstream_hash: Option<String>,
+    /// The pipeline's cross-validation split (a trainer gives its validation pipeline the
+    /// same split, part `val`).
+    pub split: Option<crate::split::Split>,
 }
 
 /// A problem with a parameter's value that its type cannot express (a probability above 1).

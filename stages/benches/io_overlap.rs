@@ -144,7 +144,8 @@ fn from_memory(plan: &Plan, cases: usize) -> f64 {
         seed: plan.seed,
         epochs: plan.epochs,
         cases_per_epoch: Some(cases),
-        upstream_hash: Some(runtime::upstream_hash(&plan)),
+        upstream_hash: Some(runtime::upstream_hash(plan)),
+        split: plan.split.clone(),
     };
     let source = match plan.source.config.build(&ctx).expect("source") {
         Built::Source(s) => s,
@@ -160,7 +161,7 @@ fn from_memory(plan: &Plan, cases: usize) -> f64 {
         .collect();
     let held = Arc::new(Mutex::new(Vec::new()));
     let summary = runtime::run_built(
-        &plan,
+        plan,
         source,
         stages,
         vec![Box::new(Collect(held.clone()))],

@@ -278,6 +278,10 @@ impl BratsCases {
 }
 
 impl Source for BratsCases {
+    fn stratum(&self, case: &str) -> Result<Option<String>, StageError> {
+        Ok(self.cases.get(case).and_then(|(_, grade)| grade.clone()))
+    }
+
     fn identity(&self, case: &str) -> Result<Option<String>, StageError> {
         files_identity(&self.load(case, &StageContext::new("identity", 0, 0))?).map(Some)
     }
@@ -543,6 +547,10 @@ struct Manifest {
 }
 
 impl Source for Manifest {
+    fn stratum(&self, case: &str) -> Result<Option<String>, StageError> {
+        Ok(self.cases.get(case).and_then(|row| row.grade.clone()))
+    }
+
     fn identity(&self, case: &str) -> Result<Option<String>, StageError> {
         files_identity(&self.load(case, &StageContext::new("identity", 0, 0))?).map(Some)
     }

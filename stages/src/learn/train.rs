@@ -103,7 +103,8 @@ pub struct Train {
     pub gradnorm_every: usize,
     /// A pipeline file whose samples are the validation set: run once at start (its sinks are
     /// replaced by an in-memory collector, one epoch), then the model is evaluated on it. Samples must
-    /// have the model's input size (use `crop` with a fixed `size`).
+    /// have the model's input size (use `crop` with a fixed `size`). When the training pipeline has
+    /// a `split`, a validation pipeline without one gets it with `part: val` (its own fold).
     #[serde(default)]
     pub validation: Option<PathBuf>,
     /// Validate after every this many epochs (and after the last).
@@ -476,7 +477,9 @@ impl<B: AutodiffBackend> Loop<B> {
         let model_config = params.model_config().map_err(StageError::new)?;
         fs::create_dir_all(&params.out).map_err(|e| StageError::file(&params.out, e))?;
         let validation = match &params.validation {
-            Some(path) => data::collect_validation(path, &params, &model_config)?,
+            Some(path) => {
+                data::collect_validation(path, &params, &model_config, ctx.split.as_ref())?
+            }
             None => Vec::new(),
         };
         let history_path = params.out.join("history.jsonl");

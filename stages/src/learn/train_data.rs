@@ -1,5 +1,6 @@
 //! Samples into model batches, the validation set and its metrics.
 
+use mtmed3d_pipeline::split::{Part, Split};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -127,6 +128,7 @@ pub fn collect_validation(
     path: &Path,
     params: &Train,
     config: &ModelConfig,
+    training_split: Option<&Split>,
 ) -> Result<Vec<Prepared>, StageError> {
     let registry = crate::registry();
     let fail = |m: String| StageError::new(format!("validation pipeline {}: {m}", path.display()));
@@ -140,6 +142,10 @@ pub fn collect_validation(
     }
     plan.epochs = 1;
     plan.sinks.truncate(1);
+    if plan.split.is_none() {
+        // a cross-validated training validates on its own fold
+        plan.split = training_split.map(|s| s.with_part(Part::Val));
+    }
     let ctx = BuildContext {
         pipeline_name: plan.name.clone(),
         pipeline_file: Some(plan.file.clone()),
