@@ -199,9 +199,14 @@ fn classifier_inputs_compared_on_held_out_phantoms() {
             ClassifierNorm::Group(4),
         ),
         (
-            "probabilities + image, group norm (tiny)",
+            "probabilities + image, group norm",
             ClassifierInput::ProbabilitiesWithImage,
             ClassifierNorm::Group(4),
+        ),
+        (
+            "probabilities + image, batch norm (tiny)",
+            ClassifierInput::ProbabilitiesWithImage,
+            ClassifierNorm::Batch,
         ),
     ];
     println!(

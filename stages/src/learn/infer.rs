@@ -192,6 +192,12 @@ pub struct Infer {
     /// IoU above which NMS across windows suppresses a box; default: the model's.
     #[serde(default)]
     pub nms_iou: Option<f64>,
+    /// nnU-Net's BraTS post-processing (Isensee et al. 2020): when fewer than this many voxels
+    /// are predicted enhancing, they become necrosis (label 1, still tumour core). BraTS scores
+    /// a case without enhancing tumour 0 for any enhancing voxel predicted, so a few spurious
+    /// ones in a low-grade case cost the whole case. 0 (default): off.
+    #[serde(default)]
+    pub et_min_voxels: usize,
 }
 
 fn default_device() -> String {
@@ -487,6 +493,17 @@ pub fn label_map(prob: &Array4<f32>, threshold: f32, enhancing: u8) -> Array3<u8
     })
 }
 
+/// Relabels the enhancing voxels as necrosis (1) when there are fewer than `min_voxels` of
+/// them; returns whether it did.
+pub fn suppress_small_enhancing(label: &mut Array3<u8>, enhancing: u8, min_voxels: usize) -> bool {
+    let count = label.iter().filter(|&&v| v == enhancing).count();
+    if count == 0 || count >= min_voxels {
+        return false;
+    }
+    label.mapv_inplace(|v| if v == enhancing { 1 } else { v });
+    true
+}
+
 /// Softmax probability of class 1 (HGG) of two logits.
 fn p_class1(logits: &[f32]) -> f64 {
     let d = f64::from(logits[1]) - f64::from(logits[0]);
@@ -606,7 +623,9 @@ impl Stage for InferStage {
 
         let prob = logits.mapv(sigmoid);
         let threshold = c.threshold as f32;
-        let label = label_map(&prob, threshold, c.convention.enhancing());
+        let mut label = label_map(&prob, threshold, c.convention.enhancing());
+        let et_suppressed =
+            suppress_small_enhancing(&mut label, c.convention.enhancing(), c.et_min_voxels);
         let p_hgg = match c.grade_from {
             GradeFrom::TumourWeighted => combine_grades(&grades, &weights),
             GradeFrom::Mean => combine_grades(&grades, &vec![0.0; grades.len()]),
@@ -620,10 +639,11 @@ impl Stage for InferStage {
         );
 
         if let Some(name) = &c.masks {
-            sample.insert(
-                name.clone(),
-                Field::u8(prob.mapv(|p| u8::from(p > threshold)).into_dyn()),
-            );
+            let mut masks = prob.mapv(|p| u8::from(p > threshold));
+            if et_suppressed {
+                masks.index_axis_mut(ndarray::Axis(0), ET).fill(0);
+            }
+            sample.insert(name.clone(), Field::u8(masks.into_dyn()));
         }
         if let Some(name) = &c.probabilities {
             sample.insert(name.clone(), Field::f32(prob.into_dyn()));
@@ -645,6 +665,7 @@ impl Stage for InferStage {
                 "windows": plan.starts.len(),
                 "window_p_hgg": grades,
                 "window_tumour_voxels": weights,
+                "et_suppressed": et_suppressed,
             }),
         );
         if c.space == InferSpace::Original {
@@ -890,6 +911,31 @@ mod tests {
             labels(BratsConvention::Brats2023.enhancing()),
             [0, 2, 1, 3, 3]
         );
+    }
+
+    #[test]
+    fn few_enhancing_voxels_become_necrosis() {
+        let mut label = Array3::<u8>::zeros((4, 4, 4));
+        label[[1, 1, 1]] = 4;
+        label[[1, 1, 2]] = 4;
+        label[[2, 2, 2]] = 2;
+        // two enhancing voxels, threshold 3: relabelled, the oedema untouched
+        let mut small = label.clone();
+        assert!(suppress_small_enhancing(&mut small, 4, 3));
+        assert_eq!(small[[1, 1, 1]], 1);
+        assert_eq!(small[[1, 1, 2]], 1);
+        assert_eq!(small[[2, 2, 2]], 2);
+        assert_eq!(small.iter().filter(|&&v| v == 4).count(), 0);
+        // threshold 2 (not more than the count) and 0 (off) keep them
+        for min in [2, 0] {
+            let mut kept = label.clone();
+            assert!(!suppress_small_enhancing(&mut kept, 4, min));
+            assert_eq!(kept, label);
+        }
+        // brats2023 labels ET 3
+        let mut l23 = label.mapv(|v| if v == 4 { 3 } else { v });
+        assert!(suppress_small_enhancing(&mut l23, 3, 10));
+        assert_eq!(l23[[1, 1, 1]], 1);
     }
 
     #[test]
