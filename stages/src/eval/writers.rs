@@ -180,6 +180,13 @@ pub struct PngOverlay {
     /// Label convention of a label-map `mask`.
     #[serde(default = "default_convention")]
     pub label_convention: BratsConvention,
+    /// Each voxel drawn as a `zoom`×`zoom` square (1–8), so small volumes stay legible.
+    #[serde(default = "default_zoom")]
+    pub zoom: usize,
+}
+
+fn default_zoom() -> usize {
+    1
 }
 
 impl Component for PngOverlay {
@@ -192,17 +199,23 @@ impl Component for PngOverlay {
         r
     }
     fn outputs(&self) -> Vec<PathBuf> {
-        vec![self.dir.clone()]
+        vec![self.dir.join("*.png")]
     }
     fn check(&self) -> Vec<Problem> {
-        if (0.0..=1.0).contains(&self.alpha) {
-            vec![]
-        } else {
-            vec![Problem::param(
+        let mut problems = Vec::new();
+        if !(1..=8).contains(&self.zoom) {
+            problems.push(Problem::param(
+                "zoom",
+                format!("`zoom` must be 1 to 8 (got {})", self.zoom),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            problems.push(Problem::param(
                 "alpha",
                 "`alpha` is an opacity between 0 and 1",
-            )]
+            ));
         }
+        problems
     }
 }
 
@@ -352,7 +365,7 @@ impl PngOverlay {
                 }
             })
             .collect();
-        Ok(compose(&views, self.alpha))
+        Ok(compose(&views, self.alpha, self.zoom))
     }
 }
 
@@ -360,8 +373,8 @@ fn shape_of(shape: (usize, usize, usize), axis: usize) -> usize {
     [shape.0, shape.1, shape.2][axis]
 }
 
-/// The three views side by side as an RGB PNG.
-fn compose(views: &[View], alpha: f32) -> Vec<u8> {
+/// The three views side by side as an RGB PNG, each voxel `zoom`×`zoom` pixels.
+fn compose(views: &[View], alpha: f32, zoom: usize) -> Vec<u8> {
     let width: usize =
         views.iter().map(|v| v.grey.dim().0).sum::<usize>() + GAP * (views.len() - 1);
     let height = views
@@ -416,7 +429,21 @@ fn compose(views: &[View], alpha: f32) -> Vec<u8> {
         }
         x0 += w + GAP;
     }
-    encode_png(&rgb, width, height)
+    let zoom = zoom.max(1);
+    if zoom == 1 {
+        return encode_png(&rgb, width, height);
+    }
+    let mut zoomed = Vec::with_capacity(rgb.len() * zoom * zoom);
+    for row in rgb.chunks_exact(width * 3) {
+        let wide: Vec<u8> = row
+            .chunks_exact(3)
+            .flat_map(|px| std::iter::repeat_n(px, zoom).flatten().copied())
+            .collect();
+        for _ in 0..zoom {
+            zoomed.extend_from_slice(&wide);
+        }
+    }
+    encode_png(&zoomed, width * zoom, height * zoom)
 }
 
 fn encode_png(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
@@ -482,6 +509,7 @@ mod tests {
                 score: None,
             }])),
         );
+        let s3 = s.clone();
         let sink: PngOverlay = serde_json::from_value(json!({"dir": dir.path()})).unwrap();
         let built = sink.build(&BuildContext::default()).unwrap();
         built
@@ -510,6 +538,33 @@ mod tests {
         // outside the mask: grey
         let q = px(1, 15 - 1);
         assert!(q[0] == q[1] && q[1] == q[2], "{q:?}");
+        // zoom 3: every pixel becomes a 3×3 square of the same colour
+        let dir3 = tempfile::tempdir().unwrap();
+        let zoomed: PngOverlay =
+            serde_json::from_value(json!({"dir": dir3.path(), "zoom": 3})).unwrap();
+        zoomed
+            .build(&BuildContext::default())
+            .unwrap()
+            .write(s3, &StageContext::new("png_overlay", 3, 0))
+            .unwrap();
+        let file = std::fs::File::open(dir3.path().join("c1.png")).unwrap();
+        let mut reader3 = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        let mut buf3 = vec![0; reader3.output_buffer_size().unwrap()];
+        let info3 = reader3.next_frame(&mut buf3).unwrap();
+        assert_eq!(
+            (info3.width, info3.height),
+            (3 * info.width, 3 * info.height)
+        );
+        for (x, y) in [(8, 15 - 6), (9, 15 - 7), (1, 14), (30, 3)] {
+            for (dx, dy) in [(0, 0), (2, 2), (1, 0)] {
+                let i = ((3 * y + dy) * info3.width as usize + 3 * x + dx) * 3;
+                assert_eq!([buf3[i], buf3[i + 1], buf3[i + 2]], px(x, y), "({x}, {y})");
+            }
+        }
+        let bad: PngOverlay = serde_json::from_value(json!({"dir": "x", "zoom": 9})).unwrap();
+        assert!(bad.check()[0].message.contains("`zoom` must be 1 to 8"));
     }
 
     #[test]
