@@ -294,12 +294,23 @@ pub fn seeded_init<B: Backend>(
         classification: config.classification.init(device),
         detection: config.detection.init(device),
     };
-    model.visit(&mut SeededMaterialise::<B> {
+    materialise_seeded(&model, device, seed);
+    Ok(model)
+}
+
+/// Materialises every not-yet-drawn parameter of any module from `seed`, as [`seeded_init`] does
+/// for the whole model (for tests of single blocks that must not depend on OS entropy).
+pub fn seed_parameters<B: Backend, M: Module<B>>(module: &M, device: &B::Device, seed: u64) {
+    let _guard = SEEDED_INIT.lock().unwrap_or_else(|p| p.into_inner());
+    materialise_seeded(module, device, seed);
+}
+
+fn materialise_seeded<B: Backend, M: Module<B>>(module: &M, device: &B::Device, seed: u64) {
+    module.visit(&mut SeededMaterialise::<B> {
         device: device.clone(),
         seed,
         index: 0,
     });
-    Ok(model)
 }
 
 struct SeededMaterialise<B: Backend> {

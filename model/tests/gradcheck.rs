@@ -16,6 +16,10 @@ use mtmed3d_model::encoder::{PatchMergingConfig, WindowAttentionConfig};
 
 type A = CpuAutodiff;
 
+/// The backend's seed is process-wide: tests that seed it take turns, so each draws the same
+/// tensors on every run.
+static SEEDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Finite-difference step for smooth blocks.
 const STEP: f32 = 1e-2;
 /// Smaller step for blocks with LeakyReLU, whose kinks a 1e-2 step can straddle.
@@ -64,6 +68,7 @@ fn weighted_sum<const D: usize>(out: Tensor<A, D>, r: &Tensor<A, D>) -> Tensor<A
 
 #[test]
 fn window_attention_gradients_match_finite_differences() {
+    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
     let device = Default::default();
     let attn = WindowAttentionConfig::new(8, 2, 2)
         .with_legacy_bias_index(false)
@@ -123,6 +128,7 @@ fn window_attention_gradients_match_finite_differences() {
 
 #[test]
 fn patch_merging_gradients_match_finite_differences() {
+    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
     let device = Default::default();
     // odd depth exercises the padding; legacy mode feeds two slices twice
     let merging = PatchMergingConfig::new(3)
@@ -163,8 +169,12 @@ fn patch_merging_gradients_match_finite_differences() {
 
 #[test]
 fn decoder_up_block_gradients_match_finite_differences() {
+    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
     let device = Default::default();
     let block = UpBlockConfig::new(4, 2).init::<A>(&device);
+    // fixed weights: drawn from OS entropy, they once put a LeakyReLU kink inside a finite
+    // difference step and the check failed by chance
+    mtmed3d_model::training::seed_parameters(&block, &device, 11);
     let x = seeded([1, 4, 2, 2, 2], 5);
     let skip = seeded([1, 2, 4, 4, 4], 6);
     let r = seeded([1, 2, 4, 4, 4], 7).div_scalar(8.0);
