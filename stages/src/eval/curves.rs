@@ -66,7 +66,7 @@ fn panels(history: &str) -> Result<Vec<Panel>, String> {
         .iter()
         .map(|(_, name, colour)| Series::new(name, colour, false))
         .collect();
-    let (mut steps_seen, mut last_step_of_epoch) = (0usize, Vec::<f64>::new());
+    let mut steps_seen = 0usize;
     for line in history.lines().filter(|l| !l.trim().is_empty()) {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             continue;
@@ -101,7 +101,6 @@ fn panels(history: &str) -> Result<Vec<Panel>, String> {
                 };
                 // epoch means sit at the epoch's last step, so both loss curves share an axis
                 let x = step_losses[0].points.last().map_or(epoch, |p| p.0);
-                last_step_of_epoch.push(x);
                 for (series, (key, _, _)) in epoch_losses.iter_mut().zip(TASKS) {
                     if let Some(loss) = num(&["mean_losses", key]) {
                         series.points.push((x, loss));

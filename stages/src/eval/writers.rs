@@ -481,6 +481,26 @@ mod tests {
     use ndarray::{Array3, Array4};
     use std::sync::Arc;
 
+    /// Writes `sample` through a `png_overlay` with `params` and decodes `<dir>/c1.png`.
+    fn render(
+        params: serde_json::Value,
+        sample: Sample,
+        dir: &std::path::Path,
+    ) -> (png::OutputInfo, Vec<u8>) {
+        let sink: PngOverlay = serde_json::from_value(params).unwrap();
+        sink.build(&BuildContext::default())
+            .unwrap()
+            .write(sample, &StageContext::new("png_overlay", 3, 0))
+            .unwrap();
+        let file = std::fs::File::open(dir.join("c1.png")).unwrap();
+        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        (info, buf)
+    }
+
     #[test]
     fn overlay_has_three_views_coloured_regions_and_box_edges() {
         let dir = tempfile::tempdir().unwrap();
@@ -510,17 +530,7 @@ mod tests {
             }])),
         );
         let s3 = s.clone();
-        let sink: PngOverlay = serde_json::from_value(json!({"dir": dir.path()})).unwrap();
-        let built = sink.build(&BuildContext::default()).unwrap();
-        built
-            .write(s, &StageContext::new("png_overlay", 3, 0))
-            .unwrap();
-        let file = std::fs::File::open(dir.path().join("c1.png")).unwrap();
-        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-            .read_info()
-            .unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut buf).unwrap();
+        let (info, buf) = render(json!({"dir": dir.path()}), s, dir.path());
         // axial 20 wide, coronal 20, sagittal 16, two gaps; height = max(16, 12, 12)
         assert_eq!(
             (info.width, info.height),
@@ -540,19 +550,7 @@ mod tests {
         assert!(q[0] == q[1] && q[1] == q[2], "{q:?}");
         // zoom 3: every pixel becomes a 3×3 square of the same colour
         let dir3 = tempfile::tempdir().unwrap();
-        let zoomed: PngOverlay =
-            serde_json::from_value(json!({"dir": dir3.path(), "zoom": 3})).unwrap();
-        zoomed
-            .build(&BuildContext::default())
-            .unwrap()
-            .write(s3, &StageContext::new("png_overlay", 3, 0))
-            .unwrap();
-        let file = std::fs::File::open(dir3.path().join("c1.png")).unwrap();
-        let mut reader3 = png::Decoder::new(std::io::BufReader::new(file))
-            .read_info()
-            .unwrap();
-        let mut buf3 = vec![0; reader3.output_buffer_size().unwrap()];
-        let info3 = reader3.next_frame(&mut buf3).unwrap();
+        let (info3, buf3) = render(json!({"dir": dir3.path(), "zoom": 3}), s3, dir3.path());
         assert_eq!(
             (info3.width, info3.height),
             (3 * info.width, 3 * info.height)
