@@ -345,7 +345,7 @@ fn main() {
     let report = Report {
         json: a.json,
         header: serde_json::json!({
-            "framework": "burn 0.21 (flex)", "preset": a.preset, "device": a.device,
+            "framework": if a.device == "cpu" { "burn 0.21 (flex)" } else { "burn 0.21 (cuda)" }, "preset": a.preset, "device": a.device,
             "input": [a.batch, 4, x, y, z], "threads": threads,
         }),
     };
@@ -360,7 +360,13 @@ fn main() {
     match a.device.as_str() {
         "cpu" => run::<mtmed3d_model::CpuAutodiff>(&cfg, &Default::default(), &a, &report),
         #[cfg(feature = "cuda")]
-        "cuda" => run::<mtmed3d_model::CudaAutodiff>(&cfg, &Default::default(), &a, &report),
+        "cuda" => match mtmed3d_model::cuda_device(0) {
+            Ok(device) => run::<mtmed3d_model::CudaAutodiff>(&cfg, &device, &a, &report),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
         d => panic!("unknown or disabled device `{d}` (cuda needs --features cuda)"),
     }
 }

@@ -45,3 +45,26 @@ pub type CudaBackend = burn::backend::Cuda;
 /// CUDA backend with automatic differentiation.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<CudaBackend>;
+
+/// Opens CUDA device `index`, or says why it cannot be used.
+///
+/// The backend loads the driver on a device thread of its own and panics there when the library
+/// or the device is missing; the first operation then fails on the calling thread. A one-element
+/// operation here turns that into an error that names the device and the way out, before a
+/// model is built or a checkpoint read.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(index: usize) -> std::result::Result<burn::backend::cuda::CudaDevice, String> {
+    let device = burn::backend::cuda::CudaDevice::new(index);
+    let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<CudaBackend, 1>::zeros([1], &device).into_data()
+    }));
+    match probe {
+        Ok(_) => Ok(device),
+        Err(_) => Err(format!(
+            "device cuda:{index} cannot be used: the NVIDIA driver (libcuda) or NVRTC did not load, \
+             or there is no GPU {index} (the lines above say which). Run where `nvidia-smi` lists \
+             the GPU, with the driver's libraries on LD_LIBRARY_PATH (not CUDA's `stubs` folder), \
+             or use `device: cpu`"
+        )),
+    }
+}

@@ -309,12 +309,13 @@ impl Component for Infer {
 }
 
 /// A loaded model on its device.
+/// (Boxed: a model is tens of kilobytes of module structure.)
 enum Runner {
-    Cpu(MultiTaskModel<CpuBackend>),
+    Cpu(Box<MultiTaskModel<CpuBackend>>),
     #[cfg(feature = "cuda")]
     Cuda(
-        MultiTaskModel<mtmed3d_model::CudaBackend>,
-        <mtmed3d_model::CudaBackend as Backend>::Device,
+        Box<MultiTaskModel<mtmed3d_model::CudaBackend>>,
+        mtmed3d_model::burn::backend::cuda::CudaDevice,
     ),
 }
 
@@ -409,17 +410,17 @@ impl StageConfig for Infer {
                 let (model, config) =
                     load_with_stored_config::<CpuBackend>(&self.checkpoint, &Default::default())
                         .map_err(not_a_checkpoint)?;
-                (Runner::Cpu(model), config)
+                (Runner::Cpu(Box::new(model)), config)
             }
             #[cfg(feature = "cuda")]
             DeviceSpec::Cuda(n) => {
-                let device = mtmed3d_model::burn::backend::cuda::CudaDevice::new(n);
+                let device = mtmed3d_model::cuda_device(n).map_err(StageError::new)?;
                 let (model, config) = load_with_stored_config::<mtmed3d_model::CudaBackend>(
                     &self.checkpoint,
                     &device,
                 )
                 .map_err(not_a_checkpoint)?;
-                (Runner::Cuda(model, device), config)
+                (Runner::Cuda(Box::new(model), device), config)
             }
             #[cfg(not(feature = "cuda"))]
             DeviceSpec::Cuda(n) => {

@@ -388,7 +388,7 @@ impl SinkConfig for Train {
             Device::Cuda(index) => Box::new(Loop::<mtmed3d_model::CudaAutodiff>::new(
                 self.clone(),
                 ctx,
-                mtmed3d_model::burn::backend::cuda::CudaDevice::new(index),
+                mtmed3d_model::cuda_device(index).map_err(StageError::new)?,
             )?),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => {
