@@ -387,7 +387,13 @@ impl ModelConfig {
             .with_head_convs(2)
             .with_group_norm_groups(4),
             encoder,
-            loss: LossConfig::new().with_seg_bce_weight(1.0),
+            // γ = 0 (plain binary cross-entropy) for the grade: with the reference's γ = 2.8 the loss
+            // all but vanishes once a case is classified at p ≈ 0.6, so the trained classifier left
+            // every phantom case between 0.50 and 0.73, ranked rightly but cut at 0.5 on the wrong
+            // side for most low-grade cases (held-out accuracy 0.6).
+            loss: LossConfig::new()
+                .with_seg_bce_weight(1.0)
+                .with_cls_focal_gamma(0.0),
         }
     }
 
