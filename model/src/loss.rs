@@ -6,7 +6,8 @@ use burn::tensor::backend::Backend;
 
 use crate::config::DiceConfig;
 
-/// Soft Dice loss on sigmoid probabilities, per sample and channel, averaged.
+/// Soft Dice loss on sigmoid probabilities, per sample and channel (or per channel over the batch with
+/// `batch_dice`), averaged.
 ///
 /// `logits`, `target`: `[B, C, D, H, W]`, target in {0, 1}. With `smooth_nr > 0` an empty target scores
 /// 0 for an empty prediction and rises — with a gradient — with the false positives.
@@ -16,8 +17,19 @@ pub fn dice_loss<B: Backend>(
     target: Tensor<B, 5>,
 ) -> Tensor<B, 1> {
     let [b, c, d, h, w] = logits.dims();
-    let p = sigmoid(logits).reshape([b, c, d * h * w]);
-    let t = target.reshape([b, c, d * h * w]);
+    let (p, t) = if config.batch_dice {
+        // [C, B, …] so that one row per channel holds every sample's voxels
+        let pooled = [1, c, b * d * h * w];
+        (
+            sigmoid(logits).swap_dims(0, 1).reshape(pooled),
+            target.swap_dims(0, 1).reshape(pooled),
+        )
+    } else {
+        (
+            sigmoid(logits).reshape([b, c, d * h * w]),
+            target.reshape([b, c, d * h * w]),
+        )
+    };
     let intersection = (p.clone() * t.clone()).sum_dim(2); // [B, C, 1]
     let denominator = if config.squared_pred {
         p.square().sum_dim(2) + t.square().sum_dim(2)
@@ -135,6 +147,41 @@ mod tests {
         let b: f32 = dice_loss(&cfg, bad, target).into_scalar();
         assert!(g < 1e-4, "{g}");
         assert!(b > 0.999, "{b}");
+    }
+
+    /// Sample 0: 200 target voxels, all predicted at p = σ(3) ≈ 0.953; sample 1: an empty target with
+    /// the same 200 voxels predicted (a whole core marked enhancing).
+    fn one_hit_one_false_alarm() -> (Tensor<B, 5>, Tensor<B, 5>) {
+        let shape = [2, 1, 1, 10, 20];
+        let mut target = vec![1.0f32; 200];
+        target.extend(vec![0.0f32; 200]);
+        (t5(vec![3.0; 400], shape).require_grad(), t5(target, shape))
+    }
+
+    #[test]
+    fn batch_dice_pools_the_samples_and_keeps_pushing_back_false_positives() {
+        let p = 1.0 / (1.0 + (-3.0f64).exp());
+        let (n, s) = (200.0, 1.0);
+        // pooled: (2·Σpt + s) / (Σp² + Σt² + s) over both samples
+        let expected = 1.0 - (2.0 * n * p + s) / (2.0 * n * p * p + n + s);
+        let pooled = DiceConfig::new().with_batch_dice(true);
+        let (logits, target) = one_hit_one_false_alarm();
+        let loss = dice_loss(&pooled, logits.clone(), target);
+        let value: f32 = loss.clone().into_scalar();
+        assert!((value as f64 - expected).abs() < 1e-5, "{value} vs {expected}");
+        let pooled_grad = logits.grad(&loss.backward()).unwrap().into_data().to_vec::<f32>().unwrap();
+
+        let (logits, target) = one_hit_one_false_alarm();
+        let loss = dice_loss(&DiceConfig::new(), logits.clone(), target);
+        let per_sample_grad =
+            logits.grad(&loss.backward()).unwrap().into_data().to_vec::<f32>().unwrap();
+        // d loss / d logit on a false positive of sample 1: pooled ≈ 1.0e-4, per sample ≈ 1.3e-6
+        let (pooled_fp, per_sample_fp) = (pooled_grad[300], per_sample_grad[300]);
+        assert!(pooled_fp > 0.0 && per_sample_fp > 0.0);
+        assert!(
+            pooled_fp > 20.0 * per_sample_fp,
+            "pooled {pooled_fp:e} vs per sample {per_sample_fp:e}"
+        );
     }
 
     #[test]
