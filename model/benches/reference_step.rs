@@ -342,10 +342,14 @@ fn main() {
     let cfg = ModelConfig::preset(&a.preset).expect("known preset");
     let [x, y, z] = cfg.input_size;
     let threads = rayon::current_num_threads();
+    let framework = match a.device.as_str() {
+        "cpu" => "burn 0.21 (flex)",
+        _ => "burn 0.21 (cuda)",
+    };
     let report = Report {
         json: a.json,
         header: serde_json::json!({
-            "framework": if a.device == "cpu" { "burn 0.21 (flex)" } else { "burn 0.21 (cuda)" }, "preset": a.preset, "device": a.device,
+            "framework": framework, "preset": a.preset, "device": a.device,
             "input": [a.batch, 4, x, y, z], "threads": threads,
         }),
     };

@@ -397,7 +397,8 @@ impl ModelConfig {
             // γ = 0 (plain binary cross-entropy) for the grade: with the reference's γ = 2.8 the loss
             // all but vanishes once a case is classified at p ≈ 0.6, so the trained classifier left
             // every phantom case between 0.50 and 0.73, ranked rightly but cut at 0.5 on the wrong
-            // side for most low-grade cases (held-out accuracy 0.6).
+            // side for most low-grade cases (held-out accuracy 0.6). Batch Dice: see `batch_dice`
+            // (held-out ET Dice 0.63 → 0.85, the low-grade cores no longer marked enhancing).
             loss: LossConfig::new()
                 .with_dice(DiceConfig::new().with_batch_dice(true))
                 .with_seg_bce_weight(1.0)

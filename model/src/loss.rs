@@ -168,13 +168,25 @@ mod tests {
         let (logits, target) = one_hit_one_false_alarm();
         let loss = dice_loss(&pooled, logits.clone(), target);
         let value: f32 = loss.clone().into_scalar();
-        assert!((value as f64 - expected).abs() < 1e-5, "{value} vs {expected}");
-        let pooled_grad = logits.grad(&loss.backward()).unwrap().into_data().to_vec::<f32>().unwrap();
+        assert!(
+            (value as f64 - expected).abs() < 1e-5,
+            "{value} vs {expected}"
+        );
+        let pooled_grad = logits
+            .grad(&loss.backward())
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
 
         let (logits, target) = one_hit_one_false_alarm();
         let loss = dice_loss(&DiceConfig::new(), logits.clone(), target);
-        let per_sample_grad =
-            logits.grad(&loss.backward()).unwrap().into_data().to_vec::<f32>().unwrap();
+        let per_sample_grad = logits
+            .grad(&loss.backward())
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         // d loss / d logit on a false positive of sample 1: pooled ≈ 1.0e-4, per sample ≈ 1.3e-6
         let (pooled_fp, per_sample_fp) = (pooled_grad[300], per_sample_grad[300]);
         assert!(pooled_fp > 0.0 && per_sample_fp > 0.0);
