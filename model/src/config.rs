@@ -182,7 +182,7 @@ impl AnchorConfig {
     /// the reference (96³, stride 4) this is `[16, 32, 64, 96]`, the same as [`Self::sized_to_input`].
     pub fn sized_to_strides(input_edge: usize, first_stride: usize, levels: usize) -> Self {
         let sizes = (0..levels)
-            .map(|l| ((4 * first_stride << l) as f64).min(input_edge as f64))
+            .map(|l| (((4 * first_stride) << l) as f64).min(input_edge as f64))
             .collect();
         Self::new(sizes)
     }

@@ -94,7 +94,10 @@ fn detection_loss_trains_the_encoder_but_not_the_segmentation_decoder() {
     let enc = grad_mass::<CpuAutodiff, _>(&model.encoder, &grads);
     let seg = grad_mass::<CpuAutodiff, _>(&model.segmentation, &grads);
     assert!(det > 0.0 && enc > 0.0, "detection {det}, encoder {enc}");
-    assert_eq!(seg, 0.0, "the detection loss reached the segmentation decoder");
+    assert_eq!(
+        seg, 0.0,
+        "the detection loss reached the segmentation decoder"
+    );
 }
 
 #[test]
@@ -128,7 +131,11 @@ fn tiny_detector_boxes_follow_the_tumour() {
     let detections = cfg.detections(&infer.forward(image));
     let top: Vec<Box3> = detections
         .iter()
-        .map(|d| *d.boxes.first().expect("a detection above the score threshold"))
+        .map(|d| {
+            *d.boxes
+                .first()
+                .expect("a detection above the score threshold")
+        })
         .collect();
     let ious: Vec<f32> = top.iter().zip(&truth).map(|(p, t)| iou(p, t)).collect();
     let mean = ious.iter().sum::<f32>() / ious.len() as f32;

@@ -552,8 +552,8 @@ pub fn merge_detections(
                 moved[a + 3] = (b[a + 3] + start[a] as f32).clamp(0.0, n);
                 let lo_inside = start[a] > 0;
                 let hi_inside = start[a] + (window[a] as i64) < volume[a] as i64;
-                partial |= (lo_inside && b[a] < EDGE)
-                    || (hi_inside && b[a + 3] > window[a] as f32 - EDGE);
+                partial |=
+                    (lo_inside && b[a] < EDGE) || (hi_inside && b[a + 3] > window[a] as f32 - EDGE);
             }
             if (0..3).all(|a| moved[a + 3] > moved[a]) {
                 candidates.push((moved, s, l, partial));
@@ -900,7 +900,10 @@ mod tests {
         assert_eq!(merged[0].score, Some(f64::from(0.9f32)));
         assert_eq!(merged[1].corners, [28.0, 2.0, 2.0, 34.0, 8.0, 8.0]);
         // top-K across windows
-        assert_eq!(merge_detections(&windows, [32; 3], [40, 40, 40], 0.22, 1).len(), 1);
+        assert_eq!(
+            merge_detections(&windows, [32; 3], [40, 40, 40], 0.22, 1).len(),
+            1
+        );
         // a box from a padded window is clipped to the volume; one wholly outside is dropped
         let padded = vec![(
             [-4, 0, 0],
@@ -935,7 +938,10 @@ mod tests {
             (
                 [16, 16, 16],
                 det(
-                    vec![[4.0, 4.0, 4.0, 28.0, 28.0, 28.0], [0.0, 0.0, 0.0, 6.0, 6.0, 6.0]],
+                    vec![
+                        [4.0, 4.0, 4.0, 28.0, 28.0, 28.0],
+                        [0.0, 0.0, 0.0, 6.0, 6.0, 6.0],
+                    ],
                     vec![0.4, 0.3],
                 ),
             ),

@@ -9,8 +9,8 @@ pub mod neck;
 pub mod nms;
 
 use burn::module::Module;
-use burn::tensor::backend::Backend;
 use burn::tensor::activation::sigmoid;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::{DetectionConfig, DetectionInput};
