@@ -202,7 +202,7 @@ fn parts<B: AutodiffBackend>(
     report.row(
         "detector forward",
         &timed(iters, || {
-            let d = inner.detection.forward(&feats_inner);
+            let d = inner.detection.forward(&feats_inner, None);
             sync::<B::InnerBackend>(&device);
             d
         }),
@@ -252,7 +252,7 @@ fn parts<B: AutodiffBackend>(
         "detector fwd+bwd",
         &timed(iters, || {
             let f = detached(&feats);
-            let out = model.detection.forward(&f);
+            let out = model.detection.forward(&f, None);
             let [_, _, x, y, z] = image.dims();
             let anchors = cfg.anchors([x, y, z], &out.level_sizes);
             let l = detection_loss(&cfg.detection, &anchors, &out, &t.boxes);

@@ -163,10 +163,26 @@ pub struct AnchorConfig {
 impl AnchorConfig {
     /// Anchors sized to an input edge: level `l` gets `input/6 · 2^l`, clipped to the input, so every level
     /// holds anchors that fit inside the image (the reference's levels 1–3 do not).
+    ///
+    /// This ties the anchors to the input edge, not to the grid they sit on: it equals
+    /// [`Self::sized_to_strides`] only when the input is 24 strides of the first level (the reference's
+    /// 96³ with stride 4). On a 32³ input it gives 5.3-voxel anchors on a stride-4 grid.
     pub fn sized_to_input(input_edge: usize, levels: usize) -> Self {
         let base = input_edge as f64 / 6.0;
         let sizes = (0..levels)
             .map(|l| (base * f64::powi(2.0, l as i32)).min(input_edge as f64))
+            .collect();
+        Self::new(sizes)
+    }
+
+    /// Anchors sized to the grids they sit on (RetinaNet's rule): level `l`, of stride
+    /// `first_stride · 2^l`, gets `4 · stride`, clipped to the input edge. Neighbouring anchors of a level
+    /// then overlap by three quarters, so an object of a level's size always has an anchor centred within
+    /// an eighth of its edge, and ATSS finds its positives on the finest grid that fits the object. For
+    /// the reference (96³, stride 4) this is `[16, 32, 64, 96]`, the same as [`Self::sized_to_input`].
+    pub fn sized_to_strides(input_edge: usize, first_stride: usize, levels: usize) -> Self {
+        let sizes = (0..levels)
+            .map(|l| (((4 * first_stride) << l) as f64).min(input_edge as f64))
             .collect();
         Self::new(sizes)
     }
@@ -218,11 +234,31 @@ pub struct DetectionInferenceConfig {
     pub detections_per_image: usize,
 }
 
+/// What the detection neck reads at each pyramid level.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum DetectionInput {
+    /// The encoder stage alone (the reference).
+    Encoder,
+    /// The encoder stage concatenated with the segmentation's sigmoid probabilities and the image,
+    /// average-pooled to the stage's grid. The gradient stops at the probabilities: the detection loss
+    /// trains the encoder through its own path only, never the segmentation decoder.
+    EncoderWithSegmentation,
+}
+
 /// RetinaNet detection decoder with a PANet neck.
 #[derive(Config, Debug, PartialEq)]
 pub struct DetectionConfig {
     /// Encoder widths of the levels fed to the neck (stage outputs 1–4).
     pub in_channels: Vec<usize>,
+    /// What the neck reads besides the encoder (see [`DetectionInput`]).
+    #[config(default = "DetectionInput::Encoder")]
+    pub input: DetectionInput,
+    /// Segmentation channels (read by [`DetectionInput::EncoderWithSegmentation`]).
+    #[config(default = 3)]
+    pub seg_channels: usize,
+    /// Image channels (read by [`DetectionInput::EncoderWithSegmentation`]).
+    #[config(default = 4)]
+    pub image_channels: usize,
     /// Width of the neck and heads.
     #[config(default = 96)]
     pub channels: usize,
@@ -255,6 +291,14 @@ impl DetectionConfig {
     /// Anchors per location.
     pub fn num_anchors(&self) -> usize {
         self.anchors.shapes.len()
+    }
+
+    /// Channels concatenated to every encoder level before the neck.
+    pub fn guide_channels(&self) -> usize {
+        match self.input {
+            DetectionInput::Encoder => 0,
+            DetectionInput::EncoderWithSegmentation => self.seg_channels + self.image_channels,
+        }
     }
 }
 
@@ -386,10 +430,17 @@ impl ModelConfig {
                 .with_block_config(vec![2, 2])
                 .with_bn_size(2)
                 .with_norm(ClassifierNorm::Batch),
+            // Anchors 4 strides wide ([16, 32, 32, 32]): the input-sized ones (5.3, 10.7, 21, 32) put
+            // the positives of 20–28-voxel tumours on the 2³ and 1³ grids only, which cannot say
+            // where a tumour is. The segmentation probabilities beside the encoder give the neck an
+            // input-dependent signal from the first steps: fed the encoder alone, the deep stages' near
+            // constant maps (every case alike to 1 part in 10–100) dominate the neck and the heads
+            // learn one box for every input.
             detection: DetectionConfig::new(
                 widths[1..].to_vec(),
-                AnchorConfig::sized_to_input(32, 4),
+                AnchorConfig::sized_to_strides(32, 2 * encoder.patch_size, 4),
             )
+            .with_input(DetectionInput::EncoderWithSegmentation)
             .with_channels(16)
             .with_head_convs(2)
             .with_group_norm_groups(4),
@@ -561,6 +612,19 @@ mod tests {
     fn reference_anchors_fit_the_input() {
         let cfg = ModelConfig::reference();
         assert_eq!(cfg.detection.anchors.sizes, vec![16.0, 32.0, 64.0, 96.0]);
+        // the stride rule gives the reference the same anchors
+        assert_eq!(
+            AnchorConfig::sized_to_strides(96, 4, 4),
+            cfg.detection.anchors
+        );
+    }
+
+    #[test]
+    fn tiny_anchors_are_four_strides_wide() {
+        let cfg = ModelConfig::tiny();
+        assert_eq!(cfg.detection.anchors.sizes, vec![16.0, 32.0, 32.0, 32.0]);
+        assert_eq!(cfg.detection.guide_channels(), 7);
+        assert_eq!(ModelConfig::reference().detection.guide_channels(), 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::config::ModelConfig;
+use crate::config::{DetectionInput, ModelConfig};
 use crate::decoder::detection::{
     Anchors, BoxTargets, DetectionLosses, DetectionOutput, Detections, detection_loss, postprocess,
 };
@@ -204,9 +204,12 @@ impl<B: Backend> MultiTaskModel<B> {
     /// The three decoders on given encoder features.
     pub fn decode(&self, image: Tensor<B, 5>, features: &EncoderFeatures<B>) -> MultiTaskOutput<B> {
         let seg_logits = self.segmentation.forward(image.clone(), features); // [B, 3, D, H, W]
-        let cls_input = self.classification.prepare_input(seg_logits.clone(), image);
+        let cls_input = self
+            .classification
+            .prepare_input(seg_logits.clone(), image.clone());
         let class_logits = self.classification.forward(cls_input); // [B, classes]
-        let detection = self.detection.forward(features); // [B, N, K], [B, N, 6]
+        let guide = self.detection.guide(seg_logits.clone(), image);
+        let detection = self.detection.forward(features, guide); // [B, N, K], [B, N, 6]
         MultiTaskOutput {
             seg_logits,
             class_logits,
@@ -236,7 +239,14 @@ impl<B: Backend> MultiTaskModel<B> {
                 classification_focal_loss(logits, &targets.grades, config.loss.cls_focal_gamma)
             }
             Task::Detection => {
-                let detection = self.detection.forward(features);
+                let guide = match self.detection.input() {
+                    DetectionInput::Encoder => None,
+                    DetectionInput::EncoderWithSegmentation => {
+                        let seg = self.segmentation.forward(image.clone(), features);
+                        self.detection.guide(seg, image.clone())
+                    }
+                };
+                let detection = self.detection.forward(features, guide);
                 let [_, _, d, h, w] = image.dims();
                 let anchors = config.anchors([d, h, w], &detection.level_sizes);
                 let l = detection_loss(&config.detection, &anchors, &detection, &targets.boxes);

@@ -272,7 +272,7 @@ fn detection(cfg: &ModelConfig) -> PartSummary {
         .collect();
     let mut c = Counter::default();
     for (l, &cin) in d.in_channels.iter().enumerate() {
-        c.conv(cin, f, 1, levels[l], true);
+        c.conv(cin + d.guide_channels(), f, 1, levels[l], true);
         c.conv(f, f, 3, levels[l], true);
     }
     for &v in &levels[1..] {

@@ -22,8 +22,12 @@
 //! - **boxes**: each window's detections (scored, decoded and suppressed by the model) are
 //!   shifted to volume coordinates, clipped to the volume, then suppressed again across
 //!   windows with the model's 3D NMS (same IoU), and the best `max_boxes` are kept. A tumour cut
-//!   by a window edge gives a partial box in that window and a whole one in a window that holds
-//!   it; they overlap, and the higher-scoring one survives.
+//!   by a window edge gives a partial box in that window (one touching a window face inside the
+//!   volume) and a whole one in a window that holds it. The model, trained on crops whose boxes
+//!   are cut the same way, may score the partial view higher, and a small partial box overlaps
+//!   the whole one by less than the NMS IoU, so whole boxes go first: a partial box is dropped
+//!   when half of it lies inside a kept whole box, and never suppresses one. A tumour no window
+//!   holds whole keeps its best partial box.
 //! - **grade**: each window's HGG probability (softmax of the two logits) is weighted by the
 //!   tumour volume that window predicts (the sum of its WT probabilities inside the volume).
 //!   The classifier reads the segmentation and was trained on crops holding tumour; a window
@@ -46,7 +50,7 @@ use std::sync::Arc;
 use mtmed3d_model::burn::tensor::backend::Backend;
 use mtmed3d_model::burn::tensor::{Tensor, TensorData};
 use mtmed3d_model::checkpoint::load_with_stored_config;
-use mtmed3d_model::decoder::detection::nms::nms;
+use mtmed3d_model::decoder::detection::anchors::{iou as box_iou, volume as box_volume};
 use mtmed3d_model::decoder::detection::{Box3, Detections};
 use mtmed3d_model::{CpuBackend, ModelConfig, MultiTaskModel};
 use mtmed3d_pipeline::{
@@ -527,38 +531,65 @@ pub fn combine_grades(probabilities: &[f64], weights: &[f64]) -> f64 {
 }
 
 /// Shifts window detections to volume coordinates, clips them to the volume and keeps the
-/// best `max_keep` after NMS across windows.
+/// best `max_keep` after NMS across windows, whole boxes before partial ones (see the module
+/// documentation). `window` is the windows' size.
 pub fn merge_detections(
     windows: &[([i64; 3], Detections)],
+    window: [usize; 3],
     volume: [usize; 3],
     iou: f32,
     max_keep: usize,
 ) -> Vec<BoundingBox> {
-    let (mut boxes, mut scores, mut labels): (Vec<Box3>, Vec<f32>, Vec<usize>) =
-        (Vec::new(), Vec::new(), Vec::new());
+    // a box within a voxel of a window face that lies inside the volume is cut by that face
+    const EDGE: f32 = 1.0;
+    let mut candidates: Vec<(Box3, f32, usize, bool)> = Vec::new();
     for (start, d) in windows {
         for ((b, &s), &l) in d.boxes.iter().zip(&d.scores).zip(&d.labels) {
             let mut moved = *b;
+            let mut partial = false;
             for a in 0..3 {
                 let n = volume[a] as f32;
                 moved[a] = (b[a] + start[a] as f32).clamp(0.0, n);
                 moved[a + 3] = (b[a + 3] + start[a] as f32).clamp(0.0, n);
+                let lo_inside = start[a] > 0;
+                let hi_inside = start[a] + (window[a] as i64) < volume[a] as i64;
+                partial |=
+                    (lo_inside && b[a] < EDGE) || (hi_inside && b[a + 3] > window[a] as f32 - EDGE);
             }
             if (0..3).all(|a| moved[a + 3] > moved[a]) {
-                boxes.push(moved);
-                scores.push(s);
-                labels.push(l);
+                candidates.push((moved, s, l, partial));
             }
         }
     }
-    nms(&boxes, &scores, &labels, iou, max_keep)
-        .into_iter()
-        .map(|i| BoundingBox {
-            corners: boxes[i].map(f64::from),
-            class: labels[i] as u32,
-            score: Some(f64::from(scores[i])),
+    // whole boxes first, each group by decreasing score
+    candidates.sort_by(|x, y| x.3.cmp(&y.3).then(y.1.total_cmp(&x.1)));
+    let mut kept: Vec<(Box3, f32, usize, bool)> = Vec::new();
+    for c in candidates {
+        let suppressed = kept.iter().any(|k| {
+            k.2 == c.2
+                && (box_iou(&k.0, &c.0) > iou
+                    || (c.3 && !k.3 && intersection(&k.0, &c.0) >= 0.5 * box_volume(&c.0)))
+        });
+        if !suppressed {
+            kept.push(c);
+        }
+    }
+    kept.sort_by(|x, y| y.1.total_cmp(&x.1));
+    kept.truncate(max_keep);
+    kept.into_iter()
+        .map(|(b, s, l, _)| BoundingBox {
+            corners: b.map(f64::from),
+            class: l as u32,
+            score: Some(f64::from(s)),
         })
         .collect()
+}
+
+/// Volume of the overlap of two boxes.
+fn intersection(a: &Box3, b: &Box3) -> f32 {
+    (0..3)
+        .map(|i| (a[i + 3].min(b[i + 3]) - a[i].max(b[i])).max(0.0))
+        .product()
 }
 
 fn sigmoid(v: f32) -> f32 {
@@ -634,6 +665,7 @@ impl Stage for InferStage {
         let detection = &self.model_config.detection.inference;
         let boxes = merge_detections(
             &window_detections,
+            self.patch,
             volume,
             c.nms_iou.unwrap_or(detection.nms_iou) as f32,
             c.max_boxes.unwrap_or(detection.detections_per_image),
@@ -863,13 +895,16 @@ mod tests {
                 ),
             ),
         ];
-        let merged = merge_detections(&windows, [40, 40, 40], 0.22, 10);
+        let merged = merge_detections(&windows, [32; 3], [40, 40, 40], 0.22, 10);
         assert_eq!(merged.len(), 2, "{merged:?}");
         assert_eq!(merged[0].corners, [10.0, 10.0, 10.0, 20.0, 20.0, 20.0]);
         assert_eq!(merged[0].score, Some(f64::from(0.9f32)));
         assert_eq!(merged[1].corners, [28.0, 2.0, 2.0, 34.0, 8.0, 8.0]);
         // top-K across windows
-        assert_eq!(merge_detections(&windows, [40, 40, 40], 0.22, 1).len(), 1);
+        assert_eq!(
+            merge_detections(&windows, [32; 3], [40, 40, 40], 0.22, 1).len(),
+            1
+        );
         // a box from a padded window is clipped to the volume; one wholly outside is dropped
         let padded = vec![(
             [-4, 0, 0],
@@ -881,9 +916,54 @@ mod tests {
                 vec![0.7, 0.6],
             ),
         )];
-        let merged = merge_detections(&padded, [40, 40, 40], 0.22, 10);
+        let merged = merge_detections(&padded, [32; 3], [40, 40, 40], 0.22, 10);
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].corners, [0.0, 1.0, 1.0, 4.0, 5.0, 5.0]);
+    }
+
+    #[test]
+    fn a_whole_box_beats_a_higher_scoring_partial_view_of_the_same_tumour() {
+        let det = |boxes: Vec<Box3>, scores: Vec<f32>| Detections {
+            labels: vec![0; boxes.len()],
+            boxes,
+            scores,
+        };
+        // volume 64³, windows of 32: the tumour at [20, 20, 20]–[44, 44, 44] is cut by the first
+        // window's far faces (its view ends at 32 on every axis, IoU 0.11 with the whole box) and
+        // held whole by the window at 16
+        let windows = vec![
+            (
+                [0, 0, 0],
+                det(vec![[20.0, 20.0, 20.0, 32.0, 32.0, 32.0]], vec![0.8]),
+            ),
+            (
+                [16, 16, 16],
+                det(
+                    vec![
+                        [4.0, 4.0, 4.0, 28.0, 28.0, 28.0],
+                        [0.0, 0.0, 0.0, 6.0, 6.0, 6.0],
+                    ],
+                    vec![0.4, 0.3],
+                ),
+            ),
+        ];
+        let merged = merge_detections(&windows, [32; 3], [64; 3], 0.22, 10);
+        // the partial view is dropped (it lies inside the whole box); the small box at the second
+        // window's corner is partial too but overlaps no whole box, so it stays
+        assert_eq!(merged.len(), 2, "{merged:?}");
+        assert_eq!(merged[0].corners, [20.0, 20.0, 20.0, 44.0, 44.0, 44.0]);
+        assert_eq!(merged[0].score, Some(f64::from(0.4f32)));
+        assert_eq!(merged[1].corners, [16.0, 16.0, 16.0, 22.0, 22.0, 22.0]);
+        // a box touching the volume's own border is whole: only faces inside the volume cut
+        let border = vec![(
+            [0, 0, 0],
+            det(vec![[0.0, 0.0, 0.0, 10.0, 10.0, 10.0]], vec![0.5]),
+        )];
+        let merged = merge_detections(&border, [32; 3], [64; 3], 0.22, 10);
+        assert_eq!(merged.len(), 1);
+        // without the whole view, the partial one is kept
+        let merged = merge_detections(&windows[..1], [32; 3], [64; 3], 0.22, 10);
+        assert_eq!(merged[0].corners, [20.0, 20.0, 20.0, 32.0, 32.0, 32.0]);
     }
 
     #[test]

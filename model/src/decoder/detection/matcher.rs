@@ -67,8 +67,9 @@ mod tests {
     #[test]
     fn atss_finds_positives_around_each_box() {
         let cfg = ModelConfig::tiny();
+        // anchors of 5.3–32 voxels on the tiny preset's grids, for boxes of 10–13 voxels
         let anchors = Anchors::generate(
-            &cfg.detection.anchors,
+            &crate::config::AnchorConfig::sized_to_input(32, 4),
             [32; 3],
             &[[8; 3], [4; 3], [2; 3], [1; 3]],
         );

@@ -9,12 +9,14 @@ pub mod neck;
 pub mod nms;
 
 use burn::module::Module;
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::config::DetectionConfig;
+use crate::config::{DetectionConfig, DetectionInput};
 use crate::encoder::EncoderFeatures;
 use crate::loss::{sigmoid_focal_loss, smooth_l1};
+use crate::ops::avg_pool3d_2;
 pub use anchors::{Anchors, Box3};
 use head::Head;
 use neck::PanNeck;
@@ -28,6 +30,7 @@ pub struct DetectionDecoder<B: Backend> {
     pub cls_head: Head<B>,
     /// Box regression head (`A·6` outputs per location).
     pub box_head: Head<B>,
+    input: DetectionInput,
 }
 
 /// Raw head outputs over all levels, in anchor order.
@@ -67,7 +70,15 @@ impl DetectionConfig {
         let a = self.num_anchors();
         let p = self.prior_probability;
         DetectionDecoder {
-            neck: PanNeck::new(&self.in_channels, self.channels, device),
+            neck: PanNeck::new(
+                &self
+                    .in_channels
+                    .iter()
+                    .map(|c| c + self.guide_channels())
+                    .collect::<Vec<_>>(),
+                self.channels,
+                device,
+            ),
             cls_head: Head::new(
                 self.channels,
                 self.head_convs,
@@ -86,21 +97,59 @@ impl DetectionConfig {
                 0.0,
                 device,
             ),
+            input: self.input,
         }
     }
 }
 
 impl<B: Backend> DetectionDecoder<B> {
-    /// Encoder outputs `hs1..hs4` → head outputs over every anchor.
-    pub fn forward(&self, features: &EncoderFeatures<B>) -> DetectionOutput<B> {
-        let levels = features.hidden[1..].to_vec(); // strides 4, 8, 16, 32
-        let level_sizes = levels
+    /// What the neck reads besides the encoder.
+    pub fn input(&self) -> DetectionInput {
+        self.input
+    }
+
+    /// The full-resolution guide the configured input concatenates to every level: the segmentation's
+    /// probabilities (gradient stopped) and the image, `[B, seg + image channels, D, H, W]`; `None`
+    /// when the neck reads the encoder alone.
+    pub fn guide(&self, seg_logits: Tensor<B, 5>, image: Tensor<B, 5>) -> Option<Tensor<B, 5>> {
+        match self.input {
+            DetectionInput::Encoder => None,
+            DetectionInput::EncoderWithSegmentation => {
+                Some(Tensor::cat(vec![sigmoid(seg_logits.detach()), image], 1))
+            }
+        }
+    }
+
+    /// Encoder outputs `hs1..hs4` (and the guide of [`Self::guide`], pooled to each level) → head
+    /// outputs over every anchor.
+    pub fn forward(
+        &self,
+        features: &EncoderFeatures<B>,
+        guide: Option<Tensor<B, 5>>,
+    ) -> DetectionOutput<B> {
+        let mut levels = features.hidden[1..].to_vec(); // strides 4, 8, 16, 32
+        let level_sizes: Vec<[usize; 3]> = levels
             .iter()
             .map(|t| {
                 let [_, _, d, h, w] = t.dims();
                 [d, h, w]
             })
             .collect();
+        assert_eq!(
+            guide.is_some(),
+            self.input != DetectionInput::Encoder,
+            "the detection input {:?} needs a guide exactly when it reads more than the encoder",
+            self.input
+        );
+        if let Some(mut g) = guide {
+            for (level, size) in levels.iter_mut().zip(&level_sizes) {
+                // each level's grid divides the input's, so halving reaches it exactly
+                while g.dims()[2..] != size[..] {
+                    g = avg_pool3d_2(g);
+                }
+                *level = Tensor::cat(vec![level.clone(), g.clone()], 1);
+            }
+        }
         let neck = self.neck.forward(levels); // each [B, F, size_i]
         let cls = neck
             .iter()
