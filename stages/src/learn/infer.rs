@@ -870,13 +870,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn two_windows_detecting_the_same_box_yield_one_box() {
-        let det = |boxes: Vec<Box3>, scores: Vec<f32>| Detections {
+    /// One window's detections, all of class 0.
+    fn det(boxes: Vec<Box3>, scores: Vec<f32>) -> Detections {
+        Detections {
             labels: vec![0; boxes.len()],
             boxes,
             scores,
-        };
+        }
+    }
+
+    #[test]
+    fn two_windows_detecting_the_same_box_yield_one_box() {
         // the same tumour at volume [10, 10, 10]–[20, 20, 20] seen from two windows, and a
         // second tumour seen by the second window only
         let windows = vec![
@@ -923,11 +927,6 @@ mod tests {
 
     #[test]
     fn a_whole_box_beats_a_higher_scoring_partial_view_of_the_same_tumour() {
-        let det = |boxes: Vec<Box3>, scores: Vec<f32>| Detections {
-            labels: vec![0; boxes.len()],
-            boxes,
-            scores,
-        };
         // volume 64³, windows of 32: the tumour at [20, 20, 20]–[44, 44, 44] is cut by the first
         // window's far faces (its view ends at 32 on every axis, IoU 0.11 with the whole box) and
         // held whole by the window at 16
