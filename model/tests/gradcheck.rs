@@ -5,6 +5,8 @@
 //! Loss = Σ out ⊙ R with a fixed random R, in f32; central differences (step 1e-2, 3e-3 across LeakyReLU)
 //! against burn's autodiff at every coordinate of small tensors.
 
+mod common;
+
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
@@ -15,10 +17,6 @@ use mtmed3d_model::encoder::window::shifted_window_mask;
 use mtmed3d_model::encoder::{PatchMergingConfig, WindowAttentionConfig};
 
 type A = CpuAutodiff;
-
-/// The backend's seed is process-wide: tests that seed it take turns, so each draws the same
-/// tensors on every run.
-static SEEDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Finite-difference step for smooth blocks.
 const STEP: f32 = 1e-2;
@@ -68,7 +66,7 @@ fn weighted_sum<const D: usize>(out: Tensor<A, D>, r: &Tensor<A, D>) -> Tensor<A
 
 #[test]
 fn window_attention_gradients_match_finite_differences() {
-    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = common::seeding_turn();
     let device = Default::default();
     let attn = WindowAttentionConfig::new(8, 2, 2)
         .with_legacy_bias_index(false)
@@ -128,7 +126,7 @@ fn window_attention_gradients_match_finite_differences() {
 
 #[test]
 fn patch_merging_gradients_match_finite_differences() {
-    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = common::seeding_turn();
     let device = Default::default();
     // odd depth exercises the padding; legacy mode feeds two slices twice
     let merging = PatchMergingConfig::new(3)
@@ -169,7 +167,7 @@ fn patch_merging_gradients_match_finite_differences() {
 
 #[test]
 fn decoder_up_block_gradients_match_finite_differences() {
-    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = common::seeding_turn();
     let device = Default::default();
     let block = UpBlockConfig::new(4, 2).init::<A>(&device);
     // fixed weights: drawn from OS entropy, they once put a LeakyReLU kink inside a finite

@@ -6,13 +6,9 @@ use burn::tensor::Tensor;
 use mtmed3d_model::balance::last_shared_layer_grad_norms;
 use mtmed3d_model::{CpuAutodiff, CpuBackend, ModelConfig, Task};
 
-/// The backend's seed is process-wide: tests that draw random tensors take turns, so the
-/// seeded one draws the same weights on every run.
-static SEEDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn tiny_forward_shapes_and_finite_losses() {
-    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = common::seeding_turn();
     let cfg = ModelConfig::tiny();
     let device = Default::default();
     let model = cfg.init::<CpuBackend>(&device).unwrap();
@@ -41,7 +37,7 @@ fn tiny_forward_shapes_and_finite_losses() {
 
 #[test]
 fn several_detections_per_image_survive_nms() {
-    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = common::seeding_turn();
     let mut cfg = ModelConfig::tiny();
     cfg.detection.inference.score_threshold = 0.0;
     let device = Default::default();
@@ -60,7 +56,7 @@ fn several_detections_per_image_survive_nms() {
 
 #[test]
 fn input_shape_is_checked() {
-    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = common::seeding_turn();
     let cfg = ModelConfig::tiny();
     assert!(cfg.check_input([1, 4, 32, 64, 32]).is_ok());
     let err = cfg.check_input([1, 4, 30, 32, 32]).unwrap_err().to_string();
@@ -70,7 +66,7 @@ fn input_shape_is_checked() {
 
 #[test]
 fn gradnorm_norms_equal_a_direct_recompute() {
-    let _turn = SEEDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = common::seeding_turn();
     let cfg = ModelConfig::tiny();
     let device = Default::default();
     // Seeded: `init` draws from OS entropy. Over seeds 0–7 the two paths agree to 1e-7–5e-5,

@@ -99,7 +99,8 @@ impl Split {
         let mut out = BTreeMap::new();
         let mut turn = 0;
         for members in strata.values_mut() {
-            members.sort_by_key(|id| {
+            // the key hashes (and allocates) once per case, not once per comparison
+            members.sort_by_cached_key(|id| {
                 let mut bytes = self.seed.to_le_bytes().to_vec();
                 bytes.extend_from_slice(id.as_bytes());
                 (stable_hash(&bytes), *id)

@@ -7,6 +7,13 @@ use burn::tensor::{Tensor, TensorData};
 use mtmed3d_model::Targets;
 use mtmed3d_model::decoder::detection::BoxTargets;
 
+/// The backend's random seed is process-wide: tests of one binary that draw random tensors take
+/// turns through this guard, so a seeded draw gives the same tensors on every run.
+pub fn seeding_turn() -> std::sync::MutexGuard<'static, ()> {
+    static SEEDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SEEDING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// One phantom case: a 4-channel image, TC/WT/ET masks, the WT box and a grade.
 pub struct Phantom {
     pub size: usize,
