@@ -109,7 +109,7 @@ pub fn bounds_where<T: Clone>(
         return None;
     }
     for (row_index, row) in data.chunks_exact(nz).enumerate() {
-        let Some(first) = row.iter().position(&inside) else {
+        let Some(first) = first_inside(row, &inside) else {
             continue;
         };
         let last = row.iter().rposition(&inside).unwrap_or(first);
@@ -119,6 +119,20 @@ pub fn bounds_where<T: Clone>(
         hi = [hi[0].max(x + 1), hi[1].max(y + 1), hi[2].max(last + 1)];
     }
     (lo[0] != usize::MAX).then_some((lo, hi))
+}
+
+/// Index of the first element of `row` that is `inside`. Tests blocks of 16 without
+/// branching first, so the long empty runs of background rows are scanned as vectors.
+fn first_inside<T>(row: &[T], inside: impl Fn(&T) -> bool) -> Option<usize> {
+    const BLOCK: usize = 16;
+    let mut blocks = row.chunks_exact(BLOCK);
+    for (b, block) in blocks.by_ref().enumerate() {
+        if block.iter().fold(false, |any, v| any | inside(v)) {
+            return block.iter().position(&inside).map(|i| b * BLOCK + i);
+        }
+    }
+    let start = row.len() - blocks.remainder().len();
+    row[start..].iter().position(&inside).map(|i| start + i)
 }
 
 /// Matrix product of two affines.
@@ -200,6 +214,23 @@ mod tests {
             w[r] = a[r][3] + (0..3).map(|c| a[r][c] * v[c]).sum::<f64>();
         }
         w
+    }
+
+    #[test]
+    fn first_inside_finds_the_first_match_at_every_position() {
+        for len in [0, 1, 15, 16, 17, 40] {
+            for at in 0..len {
+                let mut row = vec![0.0f32; len];
+                row[at] = -2.0;
+                if at + 3 < len {
+                    row[at + 3] = 1.0;
+                }
+                assert_eq!(first_inside(&row, |v| *v != 0.0), Some(at), "len {len}");
+            }
+            assert_eq!(first_inside(&vec![0.0f32; len], |v| *v != 0.0), None);
+        }
+        // -0.0 is background, as `!= 0.0` says.
+        assert_eq!(first_inside(&[-0.0f32; 20], |v| *v != 0.0), None);
     }
 
     #[test]

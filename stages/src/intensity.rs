@@ -147,9 +147,11 @@ impl Normalise {
                     return;
                 };
                 if let Some(slice) = values.as_slice_memory_order_mut() {
-                    // Branch-free over a contiguous slice, so the compiler vectorises it.
+                    // Branch-free over a contiguous slice, so the compiler vectorises it; a
+                    // product, as a division per voxel would bound the loop.
+                    let inv_std = 1.0 / std;
                     for v in slice.iter_mut() {
-                        let z = ((f64::from(*v) - mean) / std) as f32;
+                        let z = ((f64::from(*v) - mean) * inv_std) as f32;
                         *v = if keep_zero && *v == 0.0 { 0.0 } else { z };
                     }
                 } else {
@@ -194,50 +196,54 @@ impl Normalise {
 }
 
 /// Mean and standard deviation (population, as numpy's `std`) of the selected voxels (all,
-/// or the nonzero ones), in f64 with two passes: the one-pass formula loses precision on
-/// MRI-sized values. `None` when nothing is selected; a constant input has std 1.
+/// or the nonzero ones), in f64. `None` when nothing is selected; a constant input has std 1.
 fn mean_std(values: &ArrayViewMutD<'_, f32>, nonzero_only: bool) -> Option<(f64, f64)> {
     const LANES: usize = 8;
     let (n, mean, var_sum) = if let Some(slice) = values.as_slice_memory_order() {
-        // Eight independent accumulators over fixed-size chunks: the loop vectorises and the
-        // sums stay in f64. Zeros add nothing to the sum, so only the count needs the mask.
+        // One pass over the sums of d = v − shift and d², in eight f64 lanes so the loop
+        // vectorises. The shift is the mean of a sparse sample of the selected voxels: the sums
+        // then stay on the scale of the spread, and Σd² − (Σd)²/n loses no precision worth
+        // naming (the tests compare with two passes on MR-like values far from zero).
+        let selected = |v: f32| !nonzero_only || v != 0.0;
+        let (sample_sum, sample_n) = slice
+            .iter()
+            .step_by(4099)
+            .filter(|v| selected(**v))
+            .fold((0.0f64, 0u32), |(s, k), &v| (s + f64::from(v), k + 1));
+        let shift = if sample_n > 0 {
+            sample_sum / f64::from(sample_n)
+        } else {
+            0.0
+        };
         let chunks = slice.chunks_exact(LANES);
         let tail = chunks.remainder();
         let mut sums = [0.0f64; LANES];
-        let mut counts = [0u64; LANES];
-        for chunk in chunks.clone() {
+        let mut squares = [0.0f64; LANES];
+        // Counted in f64 too (exact below 2^53), so every lane operation is one vector op.
+        let mut counts = [0.0f64; LANES];
+        for chunk in chunks {
             for i in 0..LANES {
-                sums[i] += f64::from(chunk[i]);
-                counts[i] += u64::from(!nonzero_only || chunk[i] != 0.0);
+                let keep = f64::from(u8::from(selected(chunk[i])));
+                let d = (f64::from(chunk[i]) - shift) * keep;
+                sums[i] += d;
+                squares[i] += d * d;
+                counts[i] += keep;
             }
         }
         let mut sum: f64 = sums.iter().sum();
-        let mut n: u64 = counts.iter().sum();
-        for &v in tail {
-            sum += f64::from(v);
-            n += u64::from(!nonzero_only || v != 0.0);
+        let mut square_sum: f64 = squares.iter().sum();
+        let mut n = counts.iter().sum::<f64>() as u64;
+        for &v in tail.iter().filter(|v| selected(**v)) {
+            let d = f64::from(v) - shift;
+            sum += d;
+            square_sum += d * d;
+            n += 1;
         }
         if n == 0 {
             return None;
         }
-        let mean = sum / n as f64;
-        let mut squares = [0.0f64; LANES];
-        for chunk in chunks {
-            for i in 0..LANES {
-                let d = f64::from(chunk[i]) - mean;
-                squares[i] += if nonzero_only && chunk[i] == 0.0 {
-                    0.0
-                } else {
-                    d * d
-                };
-            }
-        }
-        let mut var_sum: f64 = squares.iter().sum();
-        for &v in tail {
-            let d = f64::from(v) - mean;
-            var_sum += if nonzero_only && v == 0.0 { 0.0 } else { d * d };
-        }
-        (n, mean, var_sum)
+        let mean_d = sum / n as f64;
+        (n, shift + mean_d, (square_sum - sum * mean_d).max(0.0))
     } else {
         let selected = |v: f32| !nonzero_only || v != 0.0;
         let (mut n, mut sum) = (0u64, 0.0f64);
@@ -318,6 +324,39 @@ mod tests {
         let expected = [0.0, -1.0 / s, 0.0, 1.0 / s, 0.0, 0.0, 0.0, 0.0];
         for (o, e) in out.iter().zip(expected) {
             assert!((f64::from(*o) - e).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn one_pass_statistics_equal_two_passes_on_values_far_from_zero() {
+        // MR-like intensities: a large offset, a small spread, background zeros.
+        let data: Vec<f32> = (0..100_003u32)
+            .map(|i| {
+                if i % 7 == 0 {
+                    0.0
+                } else {
+                    20_000.0 + ((i * 7919) % 1000) as f32 * 0.01
+                }
+            })
+            .collect();
+        for nonzero in [true, false] {
+            let selected: Vec<f64> = data
+                .iter()
+                .filter(|v| !nonzero || **v != 0.0)
+                .map(|&v| f64::from(v))
+                .collect();
+            let mean = selected.iter().sum::<f64>() / selected.len() as f64;
+            let var =
+                selected.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / selected.len() as f64;
+            let mut copy = data.clone();
+            let view = ndarray::ArrayViewMut::from_shape(IxDyn(&[copy.len()]), &mut copy).unwrap();
+            let (m, s) = mean_std(&view, nonzero).unwrap();
+            assert!((m - mean).abs() <= 1e-12 * mean.abs(), "{m} vs {mean}");
+            assert!(
+                (s - var.sqrt()).abs() <= 1e-9 * var.sqrt(),
+                "{s} vs {}",
+                var.sqrt()
+            );
         }
     }
 

@@ -12,6 +12,7 @@ pub mod io;
 pub mod labels;
 #[cfg(feature = "learn")]
 pub mod learn;
+pub mod memory;
 pub mod spatial;
 
 use mtmed3d_pipeline::Registry;

@@ -26,7 +26,9 @@ use ndarray::{Array4, ArrayD, Axis, Ix4};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::nifti::{NonFinitePolicy, ReadOptions, WriteOptions, read_nifti_with, write_nifti};
+use super::nifti::{
+    NonFinitePolicy, ReadOptions, WriteOptions, open_nifti, read_nifti_with, write_nifti,
+};
 use super::sources::{ATTR_LABEL_ROLE, ATTR_MODALITIES};
 use crate::spatial::crop::crop_array;
 use crate::spatial::orientation::{AxisOrientation, Orientation, apply_orientation};
@@ -135,22 +137,28 @@ impl Stage for NiftiDecode {
             to_f32: true,
             ..options
         };
-        let mut channels: Vec<Array4<f32>> = Vec::with_capacity(roles.len());
+        // Every modality decodes straight into its channels of one stacked buffer: no
+        // per-modality array to copy from, and a BraTS case faults in 143 MB once, not twice.
+        let mut stacked: Vec<f32> = Vec::new();
+        let mut channels = 0;
         let mut reference: Option<(PathBuf, [usize; 3], Affine, [f64; 3])> = None;
         for role in &roles {
             let path = sample.meta.sources.get(role).cloned().ok_or_else(|| {
                 StageError::new(format!("case `{}` has no `{role}` file", sample.id))
             })?;
-            let img = read_nifti_with(&path, &image_options)
-                .map_err(|e| StageError::new(e.to_string()))?;
-            if img.non_finite_count() > 0 && self.non_finite == NonFinite::Zero {
-                tracing::warn!(case = %sample.id, file = %path.display(), count = img.non_finite_count(), "NaN/Inf voxels set to 0");
-            }
-            let shape = img.shape();
-            let spatial = [shape[1], shape[2], shape[3]];
-            let affine = img.affine();
+            let file =
+                open_nifti(&path, &image_options).map_err(|e| StageError::new(e.to_string()))?;
+            let [c, x, y, z] = file.shape();
+            let spatial = [x, y, z];
+            let affine = file.affine();
             match &reference {
-                None => reference = Some((path.clone(), spatial, affine, img.spacing())),
+                None => {
+                    reference = Some((path.clone(), spatial, affine, file.spacing()));
+                    // Zeroed memory comes fresh from the system, so this costs no pass; it
+                    // assumes every modality has the first one's channel count, and grows
+                    // below if not.
+                    stacked = crate::memory::zeroed(roles.len() * c * x * y * z);
+                }
                 Some((first, s, a, _)) => {
                     if *s != spatial {
                         return Err(StageError::file(
@@ -171,20 +179,24 @@ impl Stage for NiftiDecode {
                     }
                 }
             }
-            channels.push(img.into_f32());
+            let n = x * y * z;
+            let range = channels * n..(channels + c) * n;
+            if stacked.len() < range.end {
+                stacked.resize(range.end, 0.0);
+            }
+            let non_finite = file
+                .read_f32_into(&mut stacked[range])
+                .map_err(|e| StageError::new(e.to_string()))?;
+            if non_finite > 0 && self.non_finite == NonFinite::Zero {
+                tracing::warn!(case = %sample.id, file = %path.display(), count = non_finite, "NaN/Inf voxels set to 0");
+            }
+            channels += c;
         }
         let (first, spatial, affine, spacing) =
             reference.ok_or_else(|| StageError::new("no modality to read"))?;
-        let total: usize = channels.iter().map(|c| c.shape()[0]).sum();
-        let mut image = Array4::<f32>::zeros((total, spatial[0], spatial[1], spatial[2]));
-        let mut at = 0;
-        for c in channels {
-            let n = c.shape()[0];
-            image
-                .slice_mut(ndarray::s![at..at + n, .., .., ..])
-                .assign(&c);
-            at += n;
-        }
+        stacked.truncate(channels * spatial.iter().product::<usize>());
+        let image = Array4::from_shape_vec((channels, spatial[0], spatial[1], spatial[2]), stacked)
+            .expect("the buffer holds exactly the decoded channels");
         sample.insert(self.image.clone(), Field::f32(image.into_dyn()));
 
         let label_role = sample

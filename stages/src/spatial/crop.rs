@@ -18,6 +18,8 @@ use mtmed3d_pipeline::{
     BuildContext, Component, Field, Problem, Sample, SpatialOp, Stage, StageConfig, StageContext,
     StageError,
 };
+use std::sync::Arc;
+
 use ndarray::{ArrayD, IxDyn, SliceInfoElem};
 use rand::RngExt;
 use schemars::JsonSchema;
@@ -37,6 +39,9 @@ pub fn crop_array<T: Clone + Default>(
     let mut shape = volume.shape().to_vec();
     shape[lead..].copy_from_slice(&size);
     if let Some(out) = crop_inside_rows(volume, start, size, &shape) {
+        return out;
+    }
+    if let Some(out) = crop_padded_rows(volume, start, size, &shape) {
         return out;
     }
     let mut out = ArrayD::<T>::default(IxDyn(&shape));
@@ -91,6 +96,99 @@ fn crop_inside_rows<T: Clone>(
     ArrayD::from_shape_vec(IxDyn(out_shape), out).ok()
 }
 
+/// Crops a volume in its own buffer when nothing else shares it, else copies.
+fn crop_shared_or_owned<T: Copy + Default>(
+    volume: Arc<ArrayD<T>>,
+    start: [i64; 3],
+    size: [usize; 3],
+) -> ArrayD<T> {
+    match Arc::try_unwrap(volume) {
+        Ok(owned) => crop_in_place(owned, start, size),
+        Err(shared) => crop_array(&shared, start, size),
+    }
+}
+
+/// [`crop_array`] that moves the window's rows to the front of the volume's own buffer when
+/// the window lies inside a standard-layout volume, instead of allocating (and faulting in)
+/// a new one; otherwise it copies as `crop_array` does.
+pub fn crop_in_place<T: Copy + Default>(
+    volume: ArrayD<T>,
+    start: [i64; 3],
+    size: [usize; 3],
+) -> ArrayD<T> {
+    let n = volume.ndim();
+    let spatial = &volume.shape()[n - 3..];
+    let inside = (0..3).all(|a| start[a] >= 0 && start[a] as usize + size[a] <= spatial[a]);
+    if !inside || !volume.is_standard_layout() {
+        return crop_array(&volume, start, size);
+    }
+    let mut shape = volume.shape().to_vec();
+    shape[n - 3..].copy_from_slice(&size);
+    let [ny, nz] = [spatial[1], spatial[2]];
+    let plane = spatial[0] * ny * nz;
+    let leading: usize = volume.shape()[..n - 3].iter().product();
+    let [x0, y0, z0] = start.map(|s| s as usize);
+    let (mut data, offset) = volume.into_raw_vec_and_offset();
+    // Where the first element sits in the buffer (not 0 for an array sliced before).
+    let base = offset.unwrap_or(0);
+    // Rows are written in increasing order, each to an offset no later than where it is
+    // read from, and after every row before it was read: moving them forward never
+    // overwrites a row still to be read.
+    let mut at = 0;
+    for c in 0..leading {
+        for x in x0..x0 + size[0] {
+            for y in y0..y0 + size[1] {
+                let row = base + c * plane + (x * ny + y) * nz + z0;
+                data.copy_within(row..row + size[2], at);
+                at += size[2];
+            }
+        }
+    }
+    data.truncate(at);
+    // Hands the tail back to the allocator (for large buffers a remap, not a copy).
+    data.shrink_to_fit();
+    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("the rows fill the window exactly")
+}
+
+/// A window reaching outside a standard-layout volume: a zeroed output (fresh memory, no
+/// pass to fill it) into which the overlapping runs along the last axis are copied.
+fn crop_padded_rows<T: Clone + Default>(
+    volume: &ArrayD<T>,
+    start: [i64; 3],
+    size: [usize; 3],
+    out_shape: &[usize],
+) -> Option<ArrayD<T>> {
+    let data = volume.as_slice()?;
+    let n = volume.ndim();
+    let spatial = &volume.shape()[n - 3..];
+    let leading: usize = volume.shape()[..n - 3].iter().product();
+    let mut out = crate::memory::zeroed::<T>(leading * size.iter().product::<usize>());
+    // The overlap along each axis, in input coordinates.
+    let lo = [0, 1, 2].map(|a| start[a].max(0) as usize);
+    let hi = [0, 1, 2].map(|a| (start[a] + size[a] as i64).clamp(0, spatial[a] as i64) as usize);
+    if (0..3).all(|a| lo[a] < hi[a]) {
+        let [ny, nz] = [spatial[1], spatial[2]];
+        let plane = spatial[0] * ny * nz;
+        let out_plane = size.iter().product::<usize>();
+        // Output coordinate of input coordinate `i` along `axis`: never negative, as the
+        // overlap starts at or after the window.
+        let local = |i: usize, axis: usize| (i as i64 - start[axis]) as usize;
+        let run = hi[2] - lo[2];
+        for c in 0..leading {
+            for x in lo[0]..hi[0] {
+                for y in lo[1]..hi[1] {
+                    let src = c * plane + (x * ny + y) * nz + lo[2];
+                    let dst = c * out_plane
+                        + (local(x, 0) * size[1] + local(y, 1)) * size[2]
+                        + local(lo[2], 2);
+                    out[dst..dst + run].clone_from_slice(&data[src..src + run]);
+                }
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).ok()
+}
+
 /// Shifts a box into a window and clips it to it; `None` when less than a voxel is left.
 pub fn crop_box(corners: &[f64; 6], start: [i64; 3], size: [usize; 3]) -> Option<[f64; 6]> {
     let mut c = *corners;
@@ -112,10 +210,11 @@ pub fn crop_sample(
     let names = volume_fields(sample, listed);
     let shape = common_spatial_shape(sample, &names)?;
     for name in &names {
-        let cropped = match sample.get(name) {
-            Some(Field::F32(a)) => Field::f32(crop_array(a, start, size)),
-            Some(Field::U8(a)) => Field::u8(crop_array(a, start, size)),
-            _ => continue,
+        let cropped = match sample.remove(name) {
+            Some(Field::F32(a)) => Field::f32(crop_shared_or_owned(a, start, size)),
+            Some(Field::U8(a)) => Field::u8(crop_shared_or_owned(a, start, size)),
+            Some(other) => other,
+            None => continue,
         };
         sample.insert(name.clone(), cropped);
     }
@@ -538,6 +637,62 @@ mod tests {
             }])),
         );
         s
+    }
+
+    #[test]
+    fn crops_equal_voxel_by_voxel_lookup_for_windows_anywhere() {
+        let volume = ArrayD::from_shape_fn(IxDyn(&[2, 7, 6, 5]), |i| {
+            (1 + i[0] * 1000 + i[1] * 100 + i[2] * 10 + i[3]) as i32
+        });
+        let lookup = |c: usize, p: [i64; 3]| -> i32 {
+            let inside = (0..3).all(|a| p[a] >= 0 && p[a] < volume.shape()[a + 1] as i64);
+            if inside {
+                volume[[c, p[0] as usize, p[1] as usize, p[2] as usize]]
+            } else {
+                0
+            }
+        };
+        let starts = [-9, -3, -1, 0, 1, 4, 6, 8];
+        for (k, &sx) in starts.iter().enumerate() {
+            for &sy in &starts[k % 3..] {
+                for &sz in &starts[(k + 1) % 4..] {
+                    let start = [sx, sy, sz];
+                    let size = [3 + k % 4, 8 - k % 5, 2 + k % 6];
+                    let out = crop_array(&volume, start, size);
+                    let expected =
+                        ArrayD::from_shape_fn(IxDyn(&[2, size[0], size[1], size[2]]), |i| {
+                            let p = [0, 1, 2].map(|a| start[a] + i[a + 1] as i64);
+                            lookup(i[0], p)
+                        });
+                    assert_eq!(out, expected, "start {start:?} size {size:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crop_in_place_equals_the_copy_inside_outside_and_after_slicing() {
+        let volume = ArrayD::from_shape_fn(IxDyn(&[2, 7, 6, 5]), |i| {
+            (1000 * i[0] + 100 * i[1] + 10 * i[2] + i[3]) as i32
+        });
+        for (start, size) in [
+            ([1, 2, 0], [4, 3, 5]),
+            ([0, 0, 0], [7, 6, 5]),
+            ([3, 1, 2], [1, 1, 1]),
+            ([-1, 2, 3], [4, 4, 4]), // padding: falls back to the copy
+        ] {
+            let expected = crop_array(&volume, start, size);
+            assert_eq!(
+                crop_in_place(volume.clone(), start, size),
+                expected,
+                "{start:?}"
+            );
+        }
+        // A standard-layout array that starts later in its buffer.
+        let sliced = volume.slice_move(ndarray::s![1..2, .., .., ..]).into_dyn();
+        assert!(sliced.is_standard_layout());
+        let expected = crop_array(&sliced, [2, 1, 1], [3, 4, 2]);
+        assert_eq!(crop_in_place(sliced, [2, 1, 1], [3, 4, 2]), expected);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use ndarray::{Array4, ArrayView4, Axis, Zip};
+use rayon::prelude::*;
 
 /// A 4×4 voxel-to-world (RAS+ millimetre) affine, row-major: `world = A · [i, j, k, 1]`.
 pub type Affine = [[f64; 4]; 4];
@@ -445,6 +446,61 @@ pub fn apply_orientation<T: Clone + Send + Sync>(
     out
 }
 
+impl Orientation {
+    /// The flips of a transform that keeps every axis in place (`None` when it permutes):
+    /// such a transform can be applied in place with [`flip_in_place`].
+    pub fn flips_only(&self) -> Option<[bool; 3]> {
+        self.0
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.axis == i)
+            .then(|| self.0.map(|r| r.flip))
+    }
+}
+
+/// Reverse the spatial axes marked in `flip` of `[C, X, Y, Z]` standard-layout data, in
+/// place: the same values as [`apply_orientation`] with a transform of flips only, without
+/// allocating (and faulting in) a second volume. Each z row is swapped with its mirror row,
+/// reversed too when z flips.
+///
+/// # Panics
+/// If `data` does not hold exactly `shape`'s number of values.
+pub fn flip_in_place<T: Send>(data: &mut [T], shape: [usize; 4], flip: [bool; 3]) {
+    let [_, nx, ny, nz] = shape;
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "data match the shape"
+    );
+    let n = nx * ny * nz;
+    if n == 0 {
+        return;
+    }
+    let mirror = |row: usize| {
+        let (x, y) = (row / ny, row % ny);
+        let x = if flip[0] { nx - 1 - x } else { x };
+        let y = if flip[1] { ny - 1 - y } else { y };
+        x * ny + y
+    };
+    data.par_chunks_mut(n).for_each(|volume| {
+        for row in 0..nx * ny {
+            let other = mirror(row);
+            if other > row {
+                let (head, tail) = volume.split_at_mut(other * nz);
+                let a = &mut head[row * nz..(row + 1) * nz];
+                let b = &mut tail[..nz];
+                a.swap_with_slice(b);
+                if flip[2] {
+                    a.reverse();
+                    b.reverse();
+                }
+            } else if other == row && flip[2] {
+                volume[row * nz..(row + 1) * nz].reverse();
+            }
+        }
+    });
+}
+
 /// What [`reorient`] did, kept so that a result computed in the new layout can be mapped back
 /// to the original voxel grid exactly (e.g. a predicted mask written in the input's space).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -691,6 +747,41 @@ mod tests {
             r.record.try_undo(bad.view()),
             Err(OrientationError::ShapeMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn in_place_flips_equal_the_copying_transform() {
+        // Odd and even sizes, so rows that are their own mirror are covered.
+        let array = Array4::from_shape_fn((2, 5, 4, 3), |(c, x, y, z)| {
+            (1000 * c + 100 * x + 10 * y + z) as i32
+        });
+        for bits in 0..8 {
+            let flip = [bits & 1 != 0, bits & 2 != 0, bits & 4 != 0];
+            let transform = Orientation([0, 1, 2].map(|axis| AxisOrientation {
+                axis,
+                flip: flip[axis],
+            }));
+            assert_eq!(transform.flips_only(), Some(flip));
+            let expected = apply_orientation(array.view(), &transform);
+            let mut data = array.clone().into_raw_vec_and_offset().0;
+            flip_in_place(&mut data, [2, 5, 4, 3], flip);
+            assert_eq!(data, expected.into_raw_vec_and_offset().0, "flip {flip:?}");
+        }
+        let swap = Orientation([
+            AxisOrientation {
+                axis: 1,
+                flip: false,
+            },
+            AxisOrientation {
+                axis: 0,
+                flip: false,
+            },
+            AxisOrientation {
+                axis: 2,
+                flip: false,
+            },
+        ]);
+        assert_eq!(swap.flips_only(), None);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use ndarray::{ArrayD, Axis, Ix4};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::orientation::{AxCodes, Orientation, apply_orientation, plan_reorientation};
+use super::orientation::{
+    AxCodes, Orientation, apply_orientation, flip_in_place, plan_reorientation,
+};
 use crate::fields::{common_spatial_shape, map_boxes, volume_fields};
 
 /// Reorients every volume (and box) of a sample.
@@ -89,6 +91,34 @@ fn reorient_volume<T: Clone + Send + Sync>(
     })
 }
 
+/// Flips a standard-layout volume field in place; false when the field is of another kind or
+/// layout (the caller copies it then). Shared voxels are copied once by `make_mut` first.
+fn flip_field_in_place(
+    sample: &mut Sample,
+    name: &str,
+    flip: [bool; 3],
+) -> Result<bool, StageError> {
+    fn flip_array<T: Clone + Send>(a: &mut ArrayD<T>, flip: [bool; 3]) -> bool {
+        let shape = match *a.shape() {
+            [x, y, z] => [1, x, y, z],
+            [c, x, y, z] => [c, x, y, z],
+            _ => return false,
+        };
+        match a.as_slice_mut() {
+            Some(data) => {
+                flip_in_place(data, shape, flip);
+                true
+            }
+            None => false,
+        }
+    }
+    Ok(match sample.get(name) {
+        Some(Field::F32(_)) => flip_array(sample.f32_mut(name)?, flip),
+        Some(Field::U8(_)) => flip_array(sample.u8_mut(name)?, flip),
+        _ => false,
+    })
+}
+
 /// Moves a box with the axes: output axis `o` is input axis `perm[o]`, reversed if `flip[o]`.
 fn reorient_box(
     corners: &[f64; 6],
@@ -119,6 +149,12 @@ impl Stage for ReorientStage {
         }
         let t = &record.transform;
         for name in &names {
+            // Flips alone (LPS to RAS, the usual BraTS case) move voxels within the volume.
+            if let Some(flip) = t.flips_only()
+                && flip_field_in_place(&mut sample, name, flip)?
+            {
+                continue;
+            }
             let moved = match sample.get(name) {
                 Some(Field::F32(a)) => Field::f32(reorient_volume(a, t)?),
                 Some(Field::U8(a)) => Field::u8(reorient_volume(a, t)?),

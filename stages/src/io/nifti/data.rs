@@ -195,10 +195,11 @@ pub(crate) fn decode<T: NiftiElement>(
     shape: [usize; 4],
     big_endian: bool,
 ) -> Array4<T> {
-    let data = if big_endian {
-        decode_into::<T, T, true>(raw, shape, |v| v)
+    let mut data = vec![T::default(); shape.iter().product()];
+    if big_endian {
+        decode_into::<T, T, true>(raw, shape, |v| v, &mut data)
     } else {
-        decode_into::<T, T, false>(raw, shape, |v| v)
+        decode_into::<T, T, false>(raw, shape, |v| v, &mut data)
     };
     Array4::from_shape_vec(shape, data).expect("decode produces exactly the shape's length")
 }
@@ -211,16 +212,29 @@ pub(crate) fn decode_f32<T: NiftiElement>(
     big_endian: bool,
     scaling: Option<(f64, f64)>,
 ) -> Array4<f32> {
+    let mut data = vec![0f32; shape.iter().product()];
+    decode_f32_into::<T>(raw, shape, big_endian, scaling, &mut data);
+    Array4::from_shape_vec(shape, data).expect("decode produces exactly the shape's length")
+}
+
+/// [`decode_f32`] into `out`, which holds exactly the shape's number of values: lets a
+/// caller decode several files into one stacked buffer without copying them there after.
+pub(crate) fn decode_f32_into<T: NiftiElement>(
+    raw: &[u8],
+    shape: [usize; 4],
+    big_endian: bool,
+    scaling: Option<(f64, f64)>,
+    out: &mut [f32],
+) {
     let (slope, inter) = scaling.unwrap_or((1.0, 0.0));
     let scale = |v: T| (v.to_f64() * slope + inter) as f32;
     let plain = |v: T| v.to_f64() as f32;
-    let data = match (big_endian, scaling.is_some()) {
-        (false, false) => decode_into::<T, f32, false>(raw, shape, plain),
-        (true, false) => decode_into::<T, f32, true>(raw, shape, plain),
-        (false, true) => decode_into::<T, f32, false>(raw, shape, scale),
-        (true, true) => decode_into::<T, f32, true>(raw, shape, scale),
-    };
-    Array4::from_shape_vec(shape, data).expect("decode produces exactly the shape's length")
+    match (big_endian, scaling.is_some()) {
+        (false, false) => decode_into::<T, f32, false>(raw, shape, plain, out),
+        (true, false) => decode_into::<T, f32, true>(raw, shape, plain, out),
+        (false, true) => decode_into::<T, f32, false>(raw, shape, scale, out),
+        (true, true) => decode_into::<T, f32, true>(raw, shape, scale, out),
+    }
 }
 
 /// Edge of the (y, z) tiles of the transposing copies.
@@ -231,17 +245,22 @@ const TILE: usize = 16;
 /// Work is split by blocks of `BX` consecutive x: a block reads `BX` adjacent input values
 /// (one or two cache lines) per (y, z) and writes them to `BX` output rows that are each
 /// filled sequentially, so both sides stream through memory instead of striding by a plane.
-fn decode_into<T: NiftiElement, U: Copy + Default + Send + Sync, const BIG: bool>(
+fn decode_into<T: NiftiElement, U: Copy + Send + Sync, const BIG: bool>(
     raw: &[u8],
     [c, nx, ny, nz]: [usize; 4],
     map: impl Fn(T) -> U + Sync,
-) -> Vec<U> {
+    out: &mut [U],
+) {
     let n = nx * ny * nz;
     let s = T::SIZE;
     debug_assert_eq!(raw.len(), c * n * s);
-    let mut out = vec![U::default(); c * n];
+    assert_eq!(
+        out.len(),
+        c * n,
+        "the output holds exactly the decoded values"
+    );
     if n == 0 {
-        return out;
+        return;
     }
     // With at most one spatial axis longer than 1, storage order already is output order.
     if [nx, ny, nz].iter().filter(|&&d| d > 1).count() <= 1 {
@@ -252,7 +271,7 @@ fn decode_into<T: NiftiElement, U: Copy + Default + Send + Sync, const BIG: bool
                     *o = map(T::from_bytes::<BIG>(b));
                 }
             });
-        return out;
+        return;
     }
     let bx = (128 / s).clamp(8, 64);
     let plane = ny * nz;
@@ -283,7 +302,6 @@ fn decode_into<T: NiftiElement, U: Copy + Default + Send + Sync, const BIG: bool
                     }
                 });
         });
-    out
 }
 
 /// Encode a `[C, X, Y, Z]` array as little-endian NIfTI voxel bytes (x fastest): the inverse

@@ -1,17 +1,18 @@
 //! Reading `.nii`, `.nii.gz` and `.hdr`/`.img` pairs.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
 
-use super::inflate::gunzip_single_member;
+use super::inflate::{gunzip_single_member, release};
 use ndarray::Array4;
 
 use super::data::{
-    NiftiElement, VoxelData, count_non_finite, decode, decode_f32, dispatch, unravel,
-    zero_non_finite,
+    NiftiElement, VoxelData, count_non_finite, decode, decode_f32, decode_f32_into, dispatch,
+    unravel, zero_non_finite,
 };
 use super::error::{NiftiError, NiftiErrorKind, Section};
 use super::header::{
@@ -232,6 +233,128 @@ type PathError = (Option<PathBuf>, NiftiErrorKind);
 
 /// Dispatch on single file vs pair; errors carry the path of the file they are about.
 fn read_path(path: &Path, options: &ReadOptions) -> Result<NiftiImage, PathError> {
+    let open = open_path(path, options)?;
+    open.read_image()
+}
+
+/// A NIfTI file whose header (and extensions) have been read and checked, and whose voxels
+/// are not decoded yet. Lets a caller compare the shapes and affines of several files, then
+/// decode each one straight into its place in a shared buffer ([`OpenNifti::read_f32_into`]).
+///
+/// ```no_run
+/// use mtmed3d_stages::io::nifti::{open_nifti, ReadOptions};
+/// let files = ["case_t1.nii.gz", "case_t2.nii.gz"];
+/// let first = open_nifti(files[0], &ReadOptions::default())?;
+/// let [_, x, y, z] = first.shape();
+/// let mut stacked = vec![0f32; files.len() * x * y * z];
+/// first.read_f32_into(&mut stacked[..x * y * z])?;
+/// open_nifti(files[1], &ReadOptions::default())?.read_f32_into(&mut stacked[x * y * z..])?;
+/// # Ok::<(), mtmed3d_stages::io::nifti::NiftiError>(())
+/// ```
+pub struct OpenNifti<'a> {
+    /// The file named by the caller (the `.hdr` or `.img` of a pair, or the single file).
+    path: PathBuf,
+    /// The file that holds the voxels, named in errors about them.
+    data_path: PathBuf,
+    header: NiftiHeader,
+    shape: [usize; 4],
+    affine: Affine,
+    /// Positioned at the first voxel byte.
+    source: Source<'a>,
+    options: ReadOptions,
+}
+
+/// Read the header of a `.nii`, `.nii.gz` or `.hdr`/`.img` file and get ready to decode its
+/// voxels; see [`OpenNifti`].
+pub fn open_nifti(
+    path: impl AsRef<Path>,
+    options: &ReadOptions,
+) -> Result<OpenNifti<'static>, NiftiError> {
+    let path = path.as_ref();
+    open_path(path, options).map_err(|(p, k)| NiftiError::new(p.as_deref().unwrap_or(path), k))
+}
+
+impl<'a> OpenNifti<'a> {
+    fn new(
+        path: &Path,
+        data_path: &Path,
+        header: NiftiHeader,
+        source: Source<'a>,
+        options: &ReadOptions,
+    ) -> Result<OpenNifti<'a>, NiftiErrorKind> {
+        Ok(OpenNifti {
+            path: path.to_path_buf(),
+            data_path: data_path.to_path_buf(),
+            shape: header.shape()?,
+            affine: header.affine()?,
+            header,
+            source,
+            options: *options,
+        })
+    }
+
+    /// Every header field as stored, extensions included.
+    pub fn header(&self) -> &NiftiHeader {
+        &self.header
+    }
+
+    /// `[C, X, Y, Z]` of the voxels to come.
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    /// The voxel-to-world affine, as [`NiftiImage::affine`] will report it.
+    pub fn affine(&self) -> Affine {
+        self.affine
+    }
+
+    /// Voxel sizes, as [`NiftiImage::spacing`] will report them.
+    pub fn spacing(&self) -> [f64; 3] {
+        self.header.zooms()
+    }
+
+    /// Decode the voxels as [`read_nifti_with`] does.
+    pub fn read(self) -> Result<NiftiImage, NiftiError> {
+        let data_path = self.data_path.clone();
+        self.read_image()
+            .map_err(|(p, k)| NiftiError::new(p.as_deref().unwrap_or(&data_path), k))
+    }
+
+    fn read_image(mut self) -> Result<NiftiImage, PathError> {
+        let image = read_voxels(
+            &mut self.source,
+            self.header,
+            &self.data_path,
+            &self.options,
+        )
+        .map_err(|k| (Some(self.data_path.clone()), k))?;
+        Ok(NiftiImage {
+            path: self.path,
+            ..image
+        })
+    }
+
+    /// Decode the voxels as f32 with the scaling applied (what `to_f32: true` gives) into
+    /// `out`, in `[C, X, Y, Z]` order, and apply the NaN policy; returns how many voxels
+    /// were NaN or infinite.
+    ///
+    /// # Panics
+    /// If `out` does not hold exactly the product of [`shape`](Self::shape) values.
+    pub fn read_f32_into(mut self, out: &mut [f32]) -> Result<usize, NiftiError> {
+        let data_path = self.data_path.clone();
+        read_voxels_f32_into(
+            &mut self.source,
+            &self.header,
+            &data_path,
+            &self.options,
+            out,
+        )
+        .map_err(|k| NiftiError::new(&data_path, k))
+    }
+}
+
+/// Open a single file or a pair up to its first voxel byte.
+fn open_path(path: &Path, options: &ReadOptions) -> Result<OpenNifti<'static>, PathError> {
     let at = |p: &Path| {
         let p = p.to_path_buf();
         move |k| (Some(p), k)
@@ -247,7 +370,8 @@ fn read_path(path: &Path, options: &ReadOptions) -> Result<NiftiImage, PathError
         n if n.ends_with(".hdr") => path.to_path_buf(),
         _ => {
             let mut source = Source::open(path).map_err(at(path))?;
-            return read_single(&mut source, path, options).map_err(at(path));
+            let header = open_single(&mut source, options).map_err(at(path))?;
+            return OpenNifti::new(path, path, header, source, options).map_err(at(path));
         }
     };
     let mut source = Source::open(&header_path).map_err(at(&header_path))?;
@@ -272,11 +396,7 @@ fn read_path(path: &Path, options: &ReadOptions) -> Result<NiftiImage, PathError
     let img_path = sibling(&header_path, "img")?;
     let mut data_source = Source::open(&img_path).map_err(at(&img_path))?;
     skip(&mut data_source, header.vox_offset, Section::VoxelData).map_err(at(&img_path))?;
-    let image = read_voxels(&mut data_source, header, &img_path, options).map_err(at(&img_path))?;
-    Ok(NiftiImage {
-        path: path.to_path_buf(),
-        ..image
-    })
+    OpenNifti::new(path, &img_path, header, data_source, options).map_err(at(&header_path))
 }
 
 /// The `.hdr` or `.img` next to a pair file, gzipped or not, matching the case of the name.
@@ -317,7 +437,7 @@ fn sibling(path: &Path, ext: &str) -> Result<PathBuf, PathError> {
 
 /// A byte stream, decompressed if gzipped, that remembers how much was read.
 struct Source<'a> {
-    reader: Box<dyn Read + 'a>,
+    reader: Reader<'a>,
     gzip: bool,
     /// Total stream length when known: a plain file's length, or a gzip file's ISIZE trailer
     /// (exact modulo 2^32 for single-member files; only a capacity hint).
@@ -327,9 +447,27 @@ struct Source<'a> {
     pos: u64,
 }
 
+impl Drop for Source<'_> {
+    fn drop(&mut self) {
+        if let Reader::Memory(cursor) = &mut self.reader {
+            release(std::mem::take(cursor.get_mut()));
+        }
+    }
+}
+
+/// Where a [`Source`]'s bytes come from.
+enum Reader<'a> {
+    /// A gzip file inflated whole: its voxel bytes can be borrowed instead of copied.
+    Memory(io::Cursor<Vec<u8>>),
+    Stream(Box<dyn Read + 'a>),
+}
+
 impl Read for Source<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.reader.read(buf)?;
+        let n = match &mut self.reader {
+            Reader::Memory(cursor) => cursor.read(buf)?,
+            Reader::Stream(reader) => reader.read(buf)?,
+        };
         self.pos += n as u64;
         Ok(n)
     }
@@ -378,7 +516,7 @@ impl<'a> Source<'a> {
     fn inflated(data: Vec<u8>) -> Source<'static> {
         Source {
             len_hint: Some(data.len() as u64),
-            reader: Box::new(io::Cursor::new(data)),
+            reader: Reader::Memory(io::Cursor::new(data)),
             gzip: true,
             len_exact: true,
             pos: 0,
@@ -394,7 +532,7 @@ impl<'a> Source<'a> {
         let gzip = head.starts_with(&[0x1f, 0x8b]);
         Ok(if gzip {
             Source {
-                reader: Box::new(MultiGzDecoder::new(reader)),
+                reader: Reader::Stream(Box::new(MultiGzDecoder::new(reader))),
                 gzip,
                 len_hint: isize.map(u64::from),
                 len_exact: false,
@@ -402,7 +540,7 @@ impl<'a> Source<'a> {
             }
         } else {
             Source {
-                reader: Box::new(reader),
+                reader: Reader::Stream(Box::new(reader)),
                 gzip,
                 len_hint: len,
                 len_exact: true,
@@ -576,6 +714,15 @@ fn read_single(
     path: &Path,
     options: &ReadOptions,
 ) -> Result<NiftiImage, NiftiErrorKind> {
+    let header = open_single(source, options)?;
+    read_voxels(source, header, path, options)
+}
+
+/// Read and check the header and extensions of a single file, up to its first voxel byte.
+fn open_single(
+    source: &mut Source<'_>,
+    options: &ReadOptions,
+) -> Result<NiftiHeader, NiftiErrorKind> {
     let mut header = read_header_block(source)?;
     if header.vox_offset < header.version.min_single_vox_offset() {
         // Only pair headers (magic ni1/ni2) get past validation with such an offset.
@@ -593,7 +740,7 @@ fn read_single(
     let data_bytes = header.data_bytes()?;
     check_sizes(source, header.vox_offset, data_bytes, options)?;
     read_extensions(source, &mut header, options)?;
-    read_voxels(source, header, path, options)
+    Ok(header)
 }
 
 /// Fail before allocating when the data exceed the limit or, for a plain file, when the file
@@ -634,27 +781,41 @@ fn check_sizes(
     }
 }
 
-/// Read the voxel bytes at the current position, decode them, apply the NaN policy and check
-/// the rest of a gzip stream.
-fn read_voxels(
-    source: &mut Source<'_>,
-    header: NiftiHeader,
-    path: &Path,
+/// The voxel bytes at the current position: borrowed when the whole file is inflated in
+/// memory, else read (and the rest of a gzip stream checked).
+fn voxel_bytes<'s>(
+    source: &'s mut Source<'_>,
+    header: &NiftiHeader,
     options: &ReadOptions,
-) -> Result<NiftiImage, NiftiErrorKind> {
-    let shape = header.shape()?;
+) -> Result<Cow<'s, [u8]>, NiftiErrorKind> {
     let data_bytes = header.data_bytes()?;
     let offset = source.pos;
     check_sizes(source, offset, data_bytes, options)?;
+    let truncated = |found: usize, gzip| NiftiErrorKind::Truncated {
+        section: Section::VoxelData,
+        expected: data_bytes,
+        offset,
+        found: found as u64,
+        gzip,
+    };
+    if let Reader::Memory(cursor) = &mut source.reader {
+        // libdeflate already checked the whole stream, trailer included.
+        let start = cursor.position() as usize;
+        let available = cursor.get_ref().len().saturating_sub(start);
+        if (available as u64) < data_bytes {
+            return Err(truncated(available, source.gzip));
+        }
+        let end = start + data_bytes as usize;
+        cursor.set_position(end as u64);
+        source.pos += data_bytes;
+        let Reader::Memory(cursor) = &source.reader else {
+            unreachable!("matched above")
+        };
+        return Ok(Cow::Borrowed(&cursor.get_ref()[start..end]));
+    }
     let raw = read_up_to(source, data_bytes, Section::VoxelData)?;
     if (raw.len() as u64) < data_bytes {
-        return Err(NiftiErrorKind::Truncated {
-            section: Section::VoxelData,
-            expected: data_bytes,
-            offset,
-            found: raw.len() as u64,
-            gzip: source.gzip,
-        });
+        return Err(truncated(raw.len(), source.gzip));
     }
     if source.gzip {
         // Reading on to the end of the stream verifies the gzip checksum; bounded so that
@@ -670,11 +831,14 @@ fn read_voxels(
             Ok(_) => {}
         }
     }
-    let big = header.endianness == Endianness::Big;
-    let mut header = header;
-    // Integers converted to f32 are finite unless the scaling overflows f32: skip the scan
-    // for NaN/Inf then (it costs as much as a pass over the volume).
-    let may_be_non_finite = match header.datatype {
+    Ok(Cow::Owned(raw))
+}
+
+/// Whether decoding to f32 can produce NaN or infinity. Integers converted to f32 are finite
+/// unless the scaling overflows f32: the scan for NaN/Inf (as costly as a pass over the
+/// volume) is skipped otherwise.
+fn may_be_non_finite(header: &NiftiHeader) -> Result<bool, NiftiErrorKind> {
+    Ok(match header.datatype {
         DataType::F32 | DataType::F64 => true,
         stored => {
             let (slope, inter) = header.scaling()?.unwrap_or((1.0, 0.0));
@@ -688,7 +852,21 @@ fn read_voxels(
             let bound = largest * slope.abs() + inter.abs();
             bound.is_nan() || bound >= f64::from(f32::MAX)
         }
-    };
+    })
+}
+
+/// Read the voxel bytes at the current position, decode them and apply the NaN policy.
+fn read_voxels(
+    source: &mut Source<'_>,
+    header: NiftiHeader,
+    path: &Path,
+    options: &ReadOptions,
+) -> Result<NiftiImage, NiftiErrorKind> {
+    let shape = header.shape()?;
+    let raw = voxel_bytes(source, &header, options)?;
+    let big = header.endianness == Endianness::Big;
+    let mut header = header;
+    let may_be_non_finite = may_be_non_finite(&header)?;
     let mut data = if options.to_f32 {
         let scaling = header.scaling()?;
         let f = match header.datatype {
@@ -738,30 +916,73 @@ fn read_voxels(
     })
 }
 
+/// [`read_voxels`] as scaled f32 into `out`; returns the count of NaN/infinite voxels.
+fn read_voxels_f32_into(
+    source: &mut Source<'_>,
+    header: &NiftiHeader,
+    path: &Path,
+    options: &ReadOptions,
+    out: &mut [f32],
+) -> Result<usize, NiftiErrorKind> {
+    let shape = header.shape()?;
+    assert_eq!(
+        out.len(),
+        shape.iter().product::<usize>(),
+        "read_f32_into needs a buffer of exactly the image's size"
+    );
+    let raw = voxel_bytes(source, header, options)?;
+    let big = header.endianness == Endianness::Big;
+    let scaling = header.scaling()?;
+    match header.datatype {
+        DataType::U8 => decode_f32_into::<u8>(&raw, shape, big, scaling, out),
+        DataType::I8 => decode_f32_into::<i8>(&raw, shape, big, scaling, out),
+        DataType::I16 => decode_f32_into::<i16>(&raw, shape, big, scaling, out),
+        DataType::U16 => decode_f32_into::<u16>(&raw, shape, big, scaling, out),
+        DataType::I32 => decode_f32_into::<i32>(&raw, shape, big, scaling, out),
+        DataType::U32 => decode_f32_into::<u32>(&raw, shape, big, scaling, out),
+        DataType::I64 => decode_f32_into::<i64>(&raw, shape, big, scaling, out),
+        DataType::U64 => decode_f32_into::<u64>(&raw, shape, big, scaling, out),
+        DataType::F32 => decode_f32_into::<f32>(&raw, shape, big, scaling, out),
+        DataType::F64 => decode_f32_into::<f64>(&raw, shape, big, scaling, out),
+    }
+    if may_be_non_finite(header)? {
+        non_finite_policy_on(out, shape, path, options.non_finite)
+    } else {
+        Ok(0)
+    }
+}
+
 fn apply_non_finite_policy(
     data: &mut VoxelData,
     path: &Path,
     policy: NonFinitePolicy,
 ) -> Result<usize, NiftiErrorKind> {
     let shape = data.shape();
-    fn scan<T: NiftiElement>(a: &mut Array4<T>, policy: NonFinitePolicy) -> (usize, Option<usize>) {
-        let slice = a.as_slice_mut().expect("voxel arrays are standard layout");
-        let (count, first) = count_non_finite(slice);
-        if count > 0 && policy == NonFinitePolicy::ReplaceWithZero {
-            zero_non_finite(slice);
-        }
-        (count, first)
+    match data {
+        VoxelData::F32(a) => non_finite_policy_on(slice_of(a), shape, path, policy),
+        VoxelData::F64(a) => non_finite_policy_on(slice_of(a), shape, path, policy),
+        _ => Ok(0),
     }
-    let (count, first) = match data {
-        VoxelData::F32(a) => scan(a, policy),
-        VoxelData::F64(a) => scan(a, policy),
-        _ => (0, None),
-    };
+}
+
+fn slice_of<T>(a: &mut Array4<T>) -> &mut [T] {
+    a.as_slice_mut().expect("voxel arrays are standard layout")
+}
+
+/// Count NaN/infinite voxels of `[C, X, Y, Z]` data and apply `policy` to them.
+fn non_finite_policy_on<T: NiftiElement>(
+    data: &mut [T],
+    shape: [usize; 4],
+    path: &Path,
+    policy: NonFinitePolicy,
+) -> Result<usize, NiftiErrorKind> {
+    let (count, first) = count_non_finite(data);
     if count > 0 {
         let first = unravel(first.unwrap_or(0), shape);
         match policy {
             NonFinitePolicy::Error => return Err(NiftiErrorKind::NonFinite { count, first }),
             NonFinitePolicy::ReplaceWithZero => {
+                zero_non_finite(data);
                 tracing::warn!(file = %path.display(), count, ?first, "NaN or infinite voxels replaced by 0")
             }
             NonFinitePolicy::Keep => {}
