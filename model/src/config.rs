@@ -105,6 +105,17 @@ pub enum ClassifierNorm {
     Group(usize),
 }
 
+/// How the classification decoder pools its last feature maps into one vector.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum ClassifierPool {
+    /// Global average pooling (DenseNet's and the reference's).
+    Average,
+    /// Global average and global max pooling, concatenated (twice the classifier's input).
+    /// A sign confined to a few voxels, such as an enhancing rim that sets a high grade apart,
+    /// reaches the classifier at full strength instead of diluted over the whole map.
+    AverageAndMax,
+}
+
 /// DenseNet-121 3D classification decoder.
 #[derive(Config, Debug, PartialEq)]
 pub struct ClassificationConfig {
@@ -132,6 +143,9 @@ pub struct ClassificationConfig {
     /// Normalisation.
     #[config(default = "ClassifierNorm::Batch")]
     pub norm: ClassifierNorm,
+    /// Pooling before the linear classifier.
+    #[config(default = "ClassifierPool::Average")]
+    pub pool: ClassifierPool,
     /// Classes (LGG, HGG).
     #[config(default = 2)]
     pub num_classes: usize,
@@ -429,7 +443,8 @@ impl ModelConfig {
                 .with_growth_rate(4)
                 .with_block_config(vec![2, 2])
                 .with_bn_size(2)
-                .with_norm(ClassifierNorm::Batch),
+                .with_norm(ClassifierNorm::Batch)
+                .with_pool(ClassifierPool::AverageAndMax),
             // Anchors 4 strides wide ([16, 32, 32, 32]): the input-sized ones (5.3, 10.7, 21, 32) put
             // the positives of 20–28-voxel tumours on the 2³ and 1³ grids only, which cannot say
             // where a tumour is. The segmentation probabilities beside the encoder give the neck an

@@ -69,6 +69,18 @@ pub fn global_avg_pool3d<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 2> {
     x.mean_dims(&[2, 3, 4]).reshape([b, c])
 }
 
+/// Global average and global max of each channel, concatenated: `[B, C, D, H, W]` → `[B, 2C]`
+/// (averages first).
+pub fn global_avg_max_pool3d<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 2> {
+    let [b, c, d, h, w] = x.dims();
+    let max = x
+        .clone()
+        .reshape([b, c, d * h * w])
+        .max_dim(2)
+        .reshape([b, c]);
+    Tensor::cat(vec![global_avg_pool3d(x), max], 1)
+}
+
 /// Nearest-neighbour upsampling of a `[B, C, D, H, W]` tensor to `size` (each axis at most doubled).
 pub fn upsample_nearest_to<B: Backend>(x: Tensor<B, 5>, size: [usize; 3]) -> Tensor<B, 5> {
     let [b, c, d, h, w] = x.dims();
@@ -100,6 +112,23 @@ mod tests {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
         Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    }
+
+    #[test]
+    fn average_and_max_pooling_per_channel() {
+        let x = ramp([2, 3, 2, 3, 4]);
+        let values = x.to_data().to_vec::<f32>().unwrap();
+        let pooled = global_avg_max_pool3d(x).to_data().to_vec::<f32>().unwrap();
+        assert_eq!(pooled.len(), 2 * 6);
+        for b in 0..2 {
+            for c in 0..3 {
+                let block = &values[(b * 3 + c) * 24..(b * 3 + c + 1) * 24];
+                let mean = block.iter().sum::<f32>() / 24.0;
+                let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                assert!((pooled[b * 6 + c] - mean).abs() < 1e-5);
+                assert_eq!(pooled[b * 6 + 3 + c], max);
+            }
+        }
     }
 
     /// Direct 3D max pool for comparison.

@@ -12,8 +12,8 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
 
-use crate::config::{ClassificationConfig, ClassifierInput, ClassifierNorm};
-use crate::ops::{avg_pool3d_2, global_avg_pool3d, max_pool3d};
+use crate::config::{ClassificationConfig, ClassifierInput, ClassifierNorm, ClassifierPool};
+use crate::ops::{avg_pool3d_2, global_avg_max_pool3d, global_avg_pool3d, max_pool3d};
 
 /// Batch or group normalisation, by configuration.
 #[derive(Module, Debug)]
@@ -102,6 +102,7 @@ pub struct ClassificationDecoder<B: Backend> {
     /// Linear classifier on the pooled features.
     pub classifier: Linear<B>,
     input: ClassifierInput,
+    pool: ClassifierPool,
 }
 
 fn conv<B: Backend>(cin: usize, cout: usize, k: usize, device: &B::Device) -> Conv3d<B> {
@@ -150,8 +151,16 @@ impl ClassificationConfig {
             norm0: norm(self.init_features),
             stages,
             norm5: norm(channels),
-            classifier: LinearConfig::new(channels, self.num_classes).init(device),
+            classifier: LinearConfig::new(
+                match self.pool {
+                    ClassifierPool::Average => channels,
+                    ClassifierPool::AverageAndMax => 2 * channels,
+                },
+                self.num_classes,
+            )
+            .init(device),
             input: self.input,
+            pool: self.pool,
         }
     }
 }
@@ -181,6 +190,10 @@ impl<B: Backend> ClassificationDecoder<B> {
             }
         }
         let x = relu(self.norm5.forward(x)); // [B, 1024, D/32, ..]
-        self.classifier.forward(global_avg_pool3d(x)) // [B, classes]
+        let pooled = match self.pool {
+            ClassifierPool::Average => global_avg_pool3d(x),
+            ClassifierPool::AverageAndMax => global_avg_max_pool3d(x),
+        };
+        self.classifier.forward(pooled) // [B, classes]
     }
 }
