@@ -13,6 +13,7 @@ pub mod labels;
 #[cfg(feature = "learn")]
 pub mod learn;
 pub mod memory;
+pub mod postprocess;
 pub mod spatial;
 
 use mtmed3d_pipeline::Registry;
@@ -38,6 +39,7 @@ pub fn registry() -> Registry {
     r.stage::<spatial::crop::Patches>();
     r.stage::<labels::BratsRegions>();
     r.stage::<labels::Boxes>();
+    r.stage::<postprocess::KeepLargestComponent>();
     r.stage::<io::cache::Cache>();
     r.stage::<augment::RandFlip>();
     r.stage::<augment::RandRot90>();
