@@ -108,43 +108,83 @@ fn crop_shared_or_owned<T: Copy + Default>(
     }
 }
 
-/// [`crop_array`] that moves the window's rows to the front of the volume's own buffer when
-/// the window lies inside a standard-layout volume, instead of allocating (and faulting in)
-/// a new one; otherwise it copies as `crop_array` does.
+/// [`crop_array`] in the volume's own buffer: the window's rows are moved to the front (and
+/// padding zeroed) instead of allocating, and faulting in, a second volume. Windows that
+/// pad are done this way too when every output row ends before the first voxel still to be
+/// read, which holds whenever the window is smaller than the volume along x and y (the usual
+/// crop to the brain). Otherwise, or for a non-standard layout, it copies as `crop_array`.
 pub fn crop_in_place<T: Copy + Default>(
     volume: ArrayD<T>,
     start: [i64; 3],
     size: [usize; 3],
 ) -> ArrayD<T> {
     let n = volume.ndim();
-    let spatial = &volume.shape()[n - 3..];
-    let inside = (0..3).all(|a| start[a] >= 0 && start[a] as usize + size[a] <= spatial[a]);
-    if !inside || !volume.is_standard_layout() {
+    if !volume.is_standard_layout() || size.contains(&0) {
         return crop_array(&volume, start, size);
     }
-    let mut shape = volume.shape().to_vec();
-    shape[n - 3..].copy_from_slice(&size);
+    let spatial = [0, 1, 2].map(|a| volume.shape()[n - 3 + a]);
+    // The overlap of window and volume, in input coordinates.
+    let lo = [0, 1, 2].map(|a| start[a].clamp(0, spatial[a] as i64) as usize);
+    let hi = [0, 1, 2].map(|a| (start[a] + size[a] as i64).clamp(0, spatial[a] as i64) as usize);
+    if (0..3).any(|a| lo[a] >= hi[a]) {
+        return crop_array(&volume, start, size); // all padding
+    }
+    let leading: usize = volume.shape()[..n - 3].iter().product();
     let [ny, nz] = [spatial[1], spatial[2]];
     let plane = spatial[0] * ny * nz;
-    let leading: usize = volume.shape()[..n - 3].iter().product();
-    let [x0, y0, z0] = start.map(|s| s as usize);
+    let local = |i: usize, axis: usize| (i as i64 - start[axis]) as usize;
+    let run = hi[2] - lo[2];
+    let pad_before = local(lo[2], 2);
+    let (x_range, y_range) = (lo[0]..hi[0], lo[1]..hi[1]);
+    let original = volume.shape().to_vec();
+    let mut shape = original.clone();
+    shape[n - 3..].copy_from_slice(&size);
     let (mut data, offset) = volume.into_raw_vec_and_offset();
     // Where the first element sits in the buffer (not 0 for an array sliced before).
     let base = offset.unwrap_or(0);
-    // Rows are written in increasing order, each to an offset no later than where it is
-    // read from, and after every row before it was read: moving them forward never
-    // overwrites a row still to be read.
-    let mut at = 0;
-    for c in 0..leading {
-        for x in x0..x0 + size[0] {
-            for y in y0..y0 + size[1] {
-                let row = base + c * plane + (x * ny + y) * nz + z0;
-                data.copy_within(row..row + size[2], at);
-                at += size[2];
-            }
+    let rows = leading * size[0] * size[1];
+    // Output row r (channel c, window x and y) reads input row (c, x, y) if inside the volume.
+    let source = |r: usize| -> Option<usize> {
+        let (c, rest) = (r / (size[0] * size[1]), r % (size[0] * size[1]));
+        let x = (rest / size[1]) as i64 + start[0];
+        let y = (rest % size[1]) as i64 + start[1];
+        (x_range.contains(&(x as usize)) && x >= 0 && y_range.contains(&(y as usize)) && y >= 0)
+            .then(|| base + c * plane + (x as usize * ny + y as usize) * nz + lo[2])
+    };
+    // Rows are written in increasing order, so in place is safe when each output row ends
+    // at or before the first source voxel of itself and of every later row (sources rise
+    // with the row index): then no write lands on a voxel still to be read.
+    let mut next_source = usize::MAX;
+    let mut safe = rows * size[2] <= data.len();
+    for r in (0..rows).rev() {
+        if let Some(src) = source(r) {
+            next_source = src;
+        }
+        if (r + 1) * size[2] > next_source {
+            safe = false;
+            break;
         }
     }
-    data.truncate(at);
+    if !safe {
+        // Untouched so far: rebuild the volume and copy instead.
+        data.drain(..base);
+        data.truncate(original.iter().product());
+        let volume =
+            ArrayD::from_shape_vec(IxDyn(&original), data).expect("the buffer was this volume");
+        return crop_array(&volume, start, size);
+    }
+    for r in 0..rows {
+        let dst = r * size[2];
+        match source(r) {
+            Some(src) => {
+                data.copy_within(src..src + run, dst + pad_before);
+                data[dst..dst + pad_before].fill(T::default());
+                data[dst + pad_before + run..dst + size[2]].fill(T::default());
+            }
+            None => data[dst..dst + size[2]].fill(T::default()),
+        }
+    }
+    data.truncate(rows * size[2]);
     // Hands the tail back to the allocator (for large buffers a remap, not a copy).
     data.shrink_to_fit();
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("the rows fill the window exactly")
@@ -665,9 +705,25 @@ mod tests {
                             lookup(i[0], p)
                         });
                     assert_eq!(out, expected, "start {start:?} size {size:?}");
+                    let moved = crop_in_place(volume.clone(), start, size);
+                    assert_eq!(moved, expected, "in place: start {start:?} size {size:?}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_crop_to_the_brain_that_pads_along_z_stays_in_the_buffer() {
+        // Smaller along x and y, padded at both ends of z: the crop_to_brain shape of BraTS.
+        let volume = ArrayD::from_shape_fn(IxDyn(&[2, 20, 20, 10]), |i| {
+            (1 + i[0] * 10000 + i[1] * 500 + i[2] * 20 + i[3]) as i32
+        });
+        let (start, size) = ([3, 4, -2], [12, 10, 14]);
+        let expected = crop_array(&volume, start, size);
+        let buffer = volume.as_ptr();
+        let moved = crop_in_place(volume, start, size);
+        assert_eq!(moved, expected);
+        assert_eq!(moved.as_ptr(), buffer, "cropped in the volume's own buffer");
     }
 
     #[test]
