@@ -2,7 +2,7 @@
 //! the handle both (and the `cache` stage) use.
 //!
 //! A store is a folder (local or shared, e.g. Lustre/NFS for Slurm shards) or, with the cargo
-//! feature `s3`, `s3://bucket/prefix` ([`s3`]; credentials from `AWS_*` variables). How each
+//! feature `s3`, `s3://bucket/prefix` (module `s3`; credentials from `AWS_*` variables). How each
 //! commits a case atomically is in [`store`]'s docs.
 
 #[cfg(test)]

@@ -1362,7 +1362,14 @@ impl CaseStore {
                 // A case with its group `zarr.json` but a damaged array stays: `verify`
                 // reports it, and only the uncommitted are leftovers.
                 for group in self.case_groups()? {
-                    if !self.exists(&format!("{group}/zarr.json")) {
+                    // Asked strictly: a failed request must not read as "uncommitted" here.
+                    let meta = format!("{group}/zarr.json");
+                    let committed = self
+                        .storage
+                        .size_key(&store_key(&self.root, &meta)?)
+                        .map_err(|e| object_err(&self.root.join(&meta), e))?
+                        .is_some();
+                    if !committed {
                         let prefix = store_prefix(&self.root, &group)?;
                         self.storage
                             .erase_prefix(&prefix)
