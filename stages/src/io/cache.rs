@@ -17,8 +17,9 @@
 //! the same key is read back and sent straight to this stage, skipping the source's decoding
 //! and every stage before it. Otherwise the case is computed, passed on at once, and written
 //! in the background by a writer thread; the stream only waits when `write_queue` cases are
-//! already waiting to be written. Every case is written under a temporary name and renamed
-//! into place when complete, so an interrupted run never leaves a case that looks complete.
+//! already waiting to be written. Every case is committed whole (renamed into place on a
+//! filesystem; on S3 its group metadata is written last, see `io::zarr::store`), so an
+//! interrupted run never leaves a case that looks complete.
 //! Editing a stage before the cache, or a source file, changes the key (a miss); editing a
 //! stage after it does not (a hit).
 
@@ -43,7 +44,8 @@ use super::zarr::store::{CaseStore, FORMAT_VERSION, StoreDtype, StoreOptions};
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cache {
-    /// The store (a folder, created if missing). Shards of one run may share it.
+    /// The store: a folder (created if missing), or `s3://bucket/prefix` in a build with the
+    /// `s3` feature. Shards of one run may share it.
     pub path: PathBuf,
     /// The training patch size (X, Y, Z): chunks default to half of it, so a random crop read
     /// from the store touches few chunks.

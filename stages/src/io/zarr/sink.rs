@@ -18,12 +18,13 @@ use super::store::{CaseStore, StoreDtype, StoreOptions};
 
 /// Writes each case as one group of a Zarr v3 store (readable by zarr-python): volumes as
 /// zstd-compressed arrays, everything else as attributes. Each case is written under a
-/// temporary name and renamed when complete; a rerun of the same pipeline skips the cases
-/// already complete for the same upstream configuration.
+/// temporary name and renamed when complete (on S3: its group metadata written last); a rerun
+/// of the same pipeline skips the cases already complete for the same upstream configuration.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ZarrWrite {
-    /// The store (a folder, created if missing). Shards of one run may share it.
+    /// The store: a folder (created if missing), or `s3://bucket/prefix` in a build with the
+    /// `s3` feature. Shards of one run may share it.
     pub path: PathBuf,
     /// The training patch size (X, Y, Z): chunks default to half of it, so a random patch
     /// reads about (patch + chunk)³ voxels rather than the whole volume.
@@ -49,7 +50,8 @@ pub struct ZarrWrite {
     /// recomputes and replaces them.
     #[serde(default = "yes")]
     pub resume: bool,
-    /// fsync each case before renaming it into place (safe against power loss).
+    /// fsync each case before renaming it into place (safe against power loss; S3 needs no
+    /// such step).
     #[serde(default = "yes")]
     pub durable: bool,
 }

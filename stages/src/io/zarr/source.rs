@@ -40,7 +40,7 @@ fn default_fg() -> f64 {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ZarrRead {
-    /// The store.
+    /// The store: a folder, or `s3://bucket/prefix` in a build with the `s3` feature.
     pub path: PathBuf,
     /// Only these cases (default: every complete case).
     #[serde(default)]

@@ -1,5 +1,5 @@
-//! A Zarr v3 store of preprocessed cases: one group per case, written whole under a
-//! temporary name and renamed into place, so a case is either absent or complete.
+//! A Zarr v3 store of preprocessed cases: one group per case, committed whole, so a case is
+//! either absent or complete.
 //!
 //! ```text
 //! cache.zarr/
@@ -14,7 +14,21 @@
 //! Case ids and field names become node names after escaping every character outside
 //! `[A-Za-z0-9._-]` (and a leading `.` or `__`) as `~XX` (hex of the UTF-8 bytes), so ids
 //! with `/`, `#` or spaces round-trip exactly.
-
+//!
+//! # How a case is committed
+//!
+//! On a filesystem a case is written whole under `.partial/` and renamed into place (an older
+//! copy is first moved aside into `.partial/`); the rename is the commit.
+//!
+//! Object storage (`s3://bucket/prefix` with the cargo feature `s3`, or any zarrs storage given
+//! to [`CaseStore::create_or_open_objects`]) has no rename, but a PUT of one object is atomic.
+//! There a case is written under its final prefix, arrays first (their `zarr.json` and
+//! chunks), and the case group's `zarr.json` LAST: that single PUT is the commit. A case prefix
+//! without its group `zarr.json` is incomplete: never listed complete, never a cache hit,
+//! written again by a rerun and removed by `finalise`. Replacing a case deletes the old group
+//! `zarr.json` first, then the old arrays, then writes the new case, so at no moment does a
+//! mix of old and new read as complete. zarr-python agrees: a prefix without group metadata is
+//! not a member of the store's root group (it lists only the complete cases).
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -31,7 +45,7 @@ use zarrs::array::CodecOptions;
 use zarrs::array::codec::ZstdCodec;
 use zarrs::array::{Array, ArrayBuilder, ArraySubset, data_type};
 use zarrs::filesystem::FilesystemStore;
-use zarrs::storage::ReadableWritableListableStorage;
+use zarrs::storage::{Bytes, ReadableWritableListableStorage, StoreKey, StorePrefix};
 
 use crate::fields::{map_boxes, shifted_affine};
 use crate::spatial::crop::crop_box;
@@ -93,7 +107,7 @@ pub struct StoreOptions {
     /// How many foreground voxel positions to record per case.
     pub foreground_samples: usize,
     /// fsync every file before renaming a case into place (survives power loss, not only a
-    /// killed process).
+    /// killed process). Object storage ignores it: a PUT is durable once acknowledged.
     pub durable: bool,
 }
 
@@ -132,12 +146,77 @@ pub struct ArrayEntry {
     pub dtype: String,
 }
 
-/// A handle to one store on a filesystem.
+/// A handle to one store, on a filesystem or on object storage.
 pub struct CaseStore {
+    /// The folder, or the object storage's URL (for messages).
     root: PathBuf,
     options: StoreOptions,
-    /// Read access to the whole store (zarrs opens arrays by path below the root).
+    /// Access to the whole store (zarrs opens arrays by path below the root).
     storage: ReadableWritableListableStorage,
+    backend: Backend,
+}
+
+/// How cases are committed (see the module docs): the few operations that differ between a
+/// filesystem and object storage dispatch on this; everything else goes through `storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// A folder: cases are written under `.partial/` and renamed into place.
+    Folder,
+    /// Object storage: a case's arrays first, its group `zarr.json` last.
+    Objects,
+}
+
+/// The URL of a store on object storage, or `None` for a filesystem path.
+fn object_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|p| p.starts_with("s3://"))
+}
+
+#[cfg(feature = "s3")]
+fn url_storage(url: &str) -> Result<ReadableWritableListableStorage, StageError> {
+    super::s3::s3_storage(url)
+}
+
+#[cfg(not(feature = "s3"))]
+fn url_storage(url: &str) -> Result<ReadableWritableListableStorage, StageError> {
+    Err(StageError::new(format!(
+        "`{url}` is on S3, which this build of mtmed3d cannot reach: rebuild it with the `s3` feature (`cargo build --release --features mtmed3d-stages/s3`)"
+    )))
+}
+
+/// An object-storage failure, with what usually causes one.
+fn object_err(path: &Path, e: impl std::fmt::Display) -> StageError {
+    err(
+        path,
+        format!(
+            "{e} (check the bucket and prefix, and the credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and AWS_ENDPOINT for MinIO and other S3-compatible stores)"
+        ),
+    )
+}
+
+fn store_key(root: &Path, rel: &str) -> Result<StoreKey, StageError> {
+    StoreKey::new(rel).map_err(|e| err(&root.join(rel), e))
+}
+
+fn store_prefix(root: &Path, group: &str) -> Result<StorePrefix, StageError> {
+    StorePrefix::new(format!("{group}/")).map_err(|e| err(&root.join(group), e))
+}
+
+/// Reads the JSON object at `rel` below the root of object storage; `None` when absent.
+fn read_object_json(
+    storage: &ReadableWritableListableStorage,
+    root: &Path,
+    rel: &str,
+) -> Result<Option<Value>, StageError> {
+    let path = root.join(rel);
+    let Some(bytes) = storage
+        .get(&store_key(root, rel)?)
+        .map_err(|e| object_err(&path, e))?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| err(&path, format!("not valid JSON: {e}")))
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -212,6 +291,22 @@ fn group_json(attributes: Value) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     bytes.push(b'\n');
     bytes
+}
+
+/// Where a case's arrays go: a node path (`""` for the storage's root) in a storage.
+#[derive(Clone, Copy)]
+struct Below<'a> {
+    storage: &'a ReadableWritableListableStorage,
+    prefix: &'a str,
+}
+
+/// The root group's attributes of a new store.
+fn root_attrs(options: &StoreOptions) -> Value {
+    json!({"mtmed3d": {
+        "kind": STORE_KIND,
+        "format_version": FORMAT_VERSION,
+        "options": options,
+    }})
 }
 
 /// CRC-32C of a slice of plain numbers, as their little-endian bytes.
@@ -344,38 +439,90 @@ impl CaseInfo {
 }
 
 impl CaseStore {
-    /// Opens the store at `path`, creating its root group (and folders) when missing. Safe
-    /// when several processes (shards) create the same store at once.
+    /// Opens the store at `path` (a folder, or `s3://bucket/prefix` with the feature `s3`),
+    /// creating its root group (and folders) when missing. Safe when several processes
+    /// (shards) create the same store at once.
     pub fn create_or_open(path: &Path, options: StoreOptions) -> Result<CaseStore, StageError> {
+        if let Some(url) = object_url(path) {
+            return CaseStore::create_or_open_objects(url_storage(url)?, url, options);
+        }
         check_options(&options)?;
         fs::create_dir_all(path.join(PARTIAL_DIR)).map_err(|e| err(path, e))?;
         let meta = path.join("zarr.json");
         if !meta.exists() {
-            let attrs = json!({"mtmed3d": {
-                "kind": STORE_KIND,
-                "format_version": FORMAT_VERSION,
-                "options": options,
-            }});
             // Every creator writes a complete file and renames it: the last one wins, and
             // readers never see a half-written root.
-            write_atomic(&meta, &group_json(attrs), options.durable)?;
+            write_atomic(&meta, &group_json(root_attrs(&options)), options.durable)?;
         }
         let mut store = CaseStore::open(path)?;
         store.options = options;
         Ok(store)
     }
 
-    /// Opens an existing store; fails clearly when `path` is not one of ours or was written
-    /// by a newer format.
+    /// [`CaseStore::create_or_open`] on object storage (any zarrs storage; cases are
+    /// committed by writing their group `zarr.json` last, see the module docs). `location`
+    /// names the store in messages, e.g. its `s3://` URL.
+    pub fn create_or_open_objects(
+        storage: ReadableWritableListableStorage,
+        location: &str,
+        options: StoreOptions,
+    ) -> Result<CaseStore, StageError> {
+        check_options(&options)?;
+        let root = PathBuf::from(location);
+        if read_object_json(&storage, &root, "zarr.json")?.is_none() {
+            // One PUT of the whole document: the last creator wins, and readers never see a
+            // half-written root.
+            let bytes = Bytes::from(group_json(root_attrs(&options)));
+            storage
+                .set(&store_key(&root, "zarr.json")?, bytes)
+                .map_err(|e| object_err(&root.join("zarr.json"), e))?;
+        }
+        let mut store = CaseStore::open_objects(storage, location)?;
+        store.options = options;
+        Ok(store)
+    }
+
+    /// Opens an existing store (a folder, or `s3://bucket/prefix` with the feature `s3`);
+    /// fails clearly when `path` is not one of ours or was written by a newer format.
     pub fn open(path: &Path) -> Result<CaseStore, StageError> {
+        if let Some(url) = object_url(path) {
+            return CaseStore::open_objects(url_storage(url)?, url);
+        }
         let meta = path.join("zarr.json");
-        if !meta.is_file() {
+        let doc = if meta.is_file() {
+            Some(read_json(&meta)?)
+        } else {
+            None
+        };
+        let storage: ReadableWritableListableStorage =
+            Arc::new(FilesystemStore::new(path).map_err(|e| err(path, e))?);
+        CaseStore::from_root(doc, path.to_path_buf(), storage, Backend::Folder)
+    }
+
+    /// [`CaseStore::open`] on object storage (see [`CaseStore::create_or_open_objects`]).
+    pub fn open_objects(
+        storage: ReadableWritableListableStorage,
+        location: &str,
+    ) -> Result<CaseStore, StageError> {
+        let root = PathBuf::from(location);
+        let doc = read_object_json(&storage, &root, "zarr.json")?;
+        CaseStore::from_root(doc, root, storage, Backend::Objects)
+    }
+
+    /// Checks the root group's document (`None`: absent) and makes the handle.
+    fn from_root(
+        doc: Option<Value>,
+        root: PathBuf,
+        storage: ReadableWritableListableStorage,
+        backend: Backend,
+    ) -> Result<CaseStore, StageError> {
+        let path = root.as_path();
+        let Some(doc) = doc else {
             return Err(err(
                 path,
                 "not a mtmed3d case store (no zarr.json): check the path, or write one with the `zarr_write` sink",
             ));
-        }
-        let doc = read_json(&meta)?;
+        };
         let ours = doc.get("attributes").and_then(|a| a.get("mtmed3d"));
         let kind = ours.and_then(|m| m.get("kind")).and_then(Value::as_str);
         if doc.get("node_type").and_then(Value::as_str) != Some("group") || kind != Some(STORE_KIND)
@@ -386,16 +533,15 @@ impl CaseStore {
             ));
         }
         check_format_version(ours, path, "case store")?;
-        let storage: ReadableWritableListableStorage =
-            Arc::new(FilesystemStore::new(path).map_err(|e| err(path, e))?);
         let options = ours
             .and_then(|m| m.get("options"))
             .and_then(|o| serde_json::from_value(o.clone()).ok())
             .unwrap_or_default();
         Ok(CaseStore {
-            root: path.to_path_buf(),
+            root,
             options,
             storage,
+            backend,
         })
     }
 
@@ -417,10 +563,23 @@ impl CaseStore {
     }
 
     /// Writes every volume field of the sample as an array and everything else as group
-    /// attributes, under a temporary name, then renames it into place (replacing an existing
-    /// case of the same id). `key` is stored as `cache_key`.
+    /// attributes and commits the case (see the module docs), replacing an existing case of
+    /// the same id. `key` is stored as `cache_key`.
     pub fn write_case(&self, sample: &Sample, key: Option<&str>) -> Result<(), StageError> {
         let group = encode_name(&sample.id)?;
+        match self.backend {
+            Backend::Folder => self.write_case_folder(&group, sample, key),
+            Backend::Objects => self.write_case_objects(&group, sample, key),
+        }
+    }
+
+    /// Writes the case under `.partial/`, then renames it into place.
+    fn write_case_folder(
+        &self,
+        group: &str,
+        sample: &Sample,
+        key: Option<&str>,
+    ) -> Result<(), StageError> {
         let partial = self.root.join(PARTIAL_DIR);
         let tmp = partial.join(format!(
             "{}-{}@{group}",
@@ -431,10 +590,43 @@ impl CaseStore {
             if self.options.durable {
                 sync_tree(&tmp)?;
             }
-            self.commit(&tmp, &group)
+            self.commit(&tmp, group)
         });
         if result.is_err() {
             let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Writes the case's arrays under its final prefix and then its group `zarr.json`, the
+    /// commit; an older case of the same id is uncommitted (its group `zarr.json` deleted)
+    /// before anything of it is removed.
+    fn write_case_objects(
+        &self,
+        group: &str,
+        sample: &Sample,
+        key: Option<&str>,
+    ) -> Result<(), StageError> {
+        let dir = self.root.join(group);
+        let meta = store_key(&self.root, &format!("{group}/zarr.json"))?;
+        let prefix = store_prefix(&self.root, group)?;
+        // From this delete until the final PUT the case reads as incomplete, so no reader
+        // sees old attributes over new chunks or the reverse. Deleting the whole prefix also
+        // clears what an interrupted attempt left behind.
+        self.storage.erase(&meta).map_err(|e| object_err(&dir, e))?;
+        self.storage
+            .erase_prefix(&prefix)
+            .map_err(|e| object_err(&dir, e))?;
+        let result = self
+            .write_arrays(&self.storage, &format!("/{group}"), sample, key)
+            .and_then(|doc| {
+                self.storage
+                    .set(&meta, Bytes::from(doc))
+                    .map_err(|e| object_err(&dir, e))
+            });
+        if result.is_err() {
+            // Incomplete either way; this only saves `finalise` the work.
+            let _ = self.storage.erase_prefix(&prefix);
         }
         result
     }
@@ -443,16 +635,31 @@ impl CaseStore {
         fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
         let storage: ReadableWritableListableStorage =
             Arc::new(FilesystemStore::new(dir).map_err(|e| err(dir, e))?);
+        let doc = self.write_arrays(&storage, "", sample, key)?;
+        fs::write(dir.join("zarr.json"), doc).map_err(|e| err(dir, e))
+    }
+
+    /// Writes the sample's volumes as arrays below `prefix` (a node path, `""` for the
+    /// storage's root) and returns the case group's `zarr.json`, for the caller to commit.
+    fn write_arrays(
+        &self,
+        storage: &ReadableWritableListableStorage,
+        prefix: &str,
+        sample: &Sample,
+        key: Option<&str>,
+    ) -> Result<Vec<u8>, StageError> {
+        let at = Below { storage, prefix };
         let mut fields = BTreeMap::new();
         let mut boxes = serde_json::Map::new();
         for (name, field) in sample.fields() {
             let record = match field {
-                Field::F32(a) => self.write_f32(&storage, name, a)?,
+                Field::F32(a) => self.write_f32(at, name, a)?,
                 Field::U8(a) => {
                     let array = encode_name(name)?;
                     let standard = a.as_standard_layout();
                     let values = standard.as_slice().unwrap_or_default();
-                    self.write_array(&storage, &array, a.shape(), data_type::uint8(), 0u8, values)?;
+                    let shape = a.shape();
+                    self.write_array(at, &array, shape, data_type::uint8(), 0u8, values)?;
                     FieldRecord {
                         kind: "u8".into(),
                         array: Some(array),
@@ -523,15 +730,10 @@ impl CaseStore {
         {
             attrs["grade"] = grade;
         }
-        fs::write(dir.join("zarr.json"), group_json(attrs)).map_err(|e| err(dir, e))
+        Ok(group_json(attrs))
     }
 
-    fn write_f32(
-        &self,
-        storage: &ReadableWritableListableStorage,
-        name: &str,
-        a: &ArrayD<f32>,
-    ) -> Result<FieldRecord, StageError> {
+    fn write_f32(&self, at: Below, name: &str, a: &ArrayD<f32>) -> Result<FieldRecord, StageError> {
         let array = encode_name(name)?;
         let standard = a.as_standard_layout();
         let values = standard.as_slice().unwrap_or_default();
@@ -539,19 +741,12 @@ impl CaseStore {
         let mut quantisation = None;
         let crc = match self.options.dtype {
             StoreDtype::F32 => {
-                self.write_array(storage, &array, shape, data_type::float32(), 0f32, values)?;
+                self.write_array(at, &array, shape, data_type::float32(), 0f32, values)?;
                 crc_of(values, f32::to_le_bytes)
             }
             StoreDtype::F16 => {
                 let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
-                self.write_array(
-                    storage,
-                    &array,
-                    shape,
-                    data_type::float16(),
-                    half::f16::ZERO,
-                    &h,
-                )?;
+                self.write_array(at, &array, shape, data_type::float16(), half::f16::ZERO, &h)?;
                 crc_of(&h, half::f16::to_le_bytes)
             }
             StoreDtype::I16 => {
@@ -589,7 +784,7 @@ impl CaseStore {
                     }));
                     params.push([scale, offset]);
                 }
-                self.write_array(storage, &array, shape, data_type::int16(), 0i16, &q)?;
+                self.write_array(at, &array, shape, data_type::int16(), 0i16, &q)?;
                 quantisation = Some(params);
                 crc_of(&q, i16::to_le_bytes)
             }
@@ -634,7 +829,7 @@ impl CaseStore {
 
     fn write_array<'a, T: zarrs::array::Element + Copy>(
         &self,
-        storage: &ReadableWritableListableStorage,
+        at: Below,
         name: &str,
         shape: &[usize],
         dtype: zarrs::array::DataType,
@@ -664,9 +859,9 @@ impl CaseStore {
             _ => None,
         };
         builder.dimension_names(names);
-        let path = format!("/{name}");
+        let path = format!("{}/{name}", at.prefix);
         let array = builder
-            .build(storage.clone(), &path)
+            .build(at.storage.clone(), &path)
             .map_err(|e| StageError::new(format!("array `{name}`: {e}")))?;
         array
             .store_metadata()
@@ -705,21 +900,79 @@ impl CaseStore {
         Ok(())
     }
 
-    fn case_dir(&self, case: &str) -> Result<(String, PathBuf), StageError> {
-        let group = encode_name(case)?;
-        let dir = self.root.join(&group);
-        Ok((group, dir))
+    /// The JSON document at `rel` (a `/`-separated path below the root); `None` when absent.
+    fn read_doc(&self, rel: &str) -> Result<Option<Value>, StageError> {
+        match self.backend {
+            Backend::Folder => {
+                let path = self.root.join(rel);
+                if !path.is_file() {
+                    return Ok(None);
+                }
+                read_json(&path).map(Some)
+            }
+            Backend::Objects => read_object_json(&self.storage, &self.root, rel),
+        }
+    }
+
+    /// Replaces the document at `rel` whole (readers see the old one or the new one).
+    fn write_doc(&self, rel: &str, bytes: Vec<u8>) -> Result<(), StageError> {
+        match self.backend {
+            Backend::Folder => write_atomic(&self.root.join(rel), &bytes, self.options.durable),
+            Backend::Objects => self
+                .storage
+                .set(&store_key(&self.root, rel)?, Bytes::from(bytes))
+                .map_err(|e| object_err(&self.root.join(rel), e)),
+        }
+    }
+
+    /// Whether a file (object) exists at `rel`; unreadable counts as absent.
+    fn exists(&self, rel: &str) -> bool {
+        match self.backend {
+            Backend::Folder => self.root.join(rel).is_file(),
+            Backend::Objects => store_key(&self.root, rel)
+                .ok()
+                .and_then(|key| self.storage.size_key(&key).ok().flatten())
+                .is_some(),
+        }
+    }
+
+    /// The node names of the cases in place, committed or (on object storage) not.
+    fn case_groups(&self) -> Result<Vec<String>, StageError> {
+        let mut names = Vec::new();
+        match self.backend {
+            Backend::Folder => {
+                for entry in fs::read_dir(&self.root).map_err(|e| err(&self.root, e))? {
+                    let entry = entry.map_err(|e| err(&self.root, e))?;
+                    if entry.path().is_dir() {
+                        names.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            Backend::Objects => {
+                let listing = self
+                    .storage
+                    .list_dir(&StorePrefix::root())
+                    .map_err(|e| object_err(&self.root, e))?;
+                names.extend(
+                    listing
+                        .prefixes()
+                        .iter()
+                        .map(|p| p.as_str().trim_end_matches('/').to_string()),
+                );
+            }
+        }
+        names.retain(|n| !n.starts_with('.'));
+        Ok(names)
     }
 
     /// The attributes of a complete case, or `None` when it is absent.
     pub fn case_info(&self, case: &str) -> Result<Option<CaseInfo>, StageError> {
-        let (group, dir) = self.case_dir(case)?;
-        let meta_path = dir.join("zarr.json");
-        if !meta_path.is_file() {
+        let group = encode_name(case)?;
+        let rel = format!("{group}/zarr.json");
+        let Some(doc) = self.read_doc(&rel)? else {
             return Ok(None);
-        }
-        let doc = read_json(&meta_path)?;
-        parse_case(&doc, &group, &meta_path).map(Some)
+        };
+        parse_case(&doc, &group, &self.root.join(&rel)).map(Some)
     }
 
     /// The case's cache key; `None` if the case is absent or incomplete.
@@ -736,13 +989,9 @@ impl CaseStore {
             return false;
         };
         info.fields.values().all(|r| {
-            r.array.as_ref().is_none_or(|a| {
-                self.root
-                    .join(&info.group)
-                    .join(a)
-                    .join("zarr.json")
-                    .is_file()
-            })
+            r.array
+                .as_ref()
+                .is_none_or(|a| self.exists(&format!("{}/{a}/zarr.json", info.group)))
         })
     }
 
@@ -960,12 +1209,7 @@ impl CaseStore {
     /// incomplete until `finalise` removes them), sorted by id.
     pub fn list(&self) -> Result<Vec<CaseEntry>, StageError> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.root).map_err(|e| err(&self.root, e))? {
-            let entry = entry.map_err(|e| err(&self.root, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !entry.path().is_dir() {
-                continue;
-            }
+        for name in self.case_groups()? {
             let Some(id) = decode_name(&name) else {
                 continue;
             };
@@ -1001,7 +1245,7 @@ impl CaseStore {
             });
         }
         let partial = self.root.join(PARTIAL_DIR);
-        if partial.is_dir() {
+        if self.backend == Backend::Folder && partial.is_dir() {
             for entry in fs::read_dir(&partial).map_err(|e| err(&partial, e))? {
                 let entry = entry.map_err(|e| err(&partial, e))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -1099,15 +1343,39 @@ impl CaseStore {
     }
 
     /// Writes the manifest (the sorted list of complete cases with their keys) into the root
-    /// group's attributes and removes leftovers of interrupted writes. Run it when no writer
-    /// is active (after every shard has finished).
+    /// group's attributes and removes leftovers of interrupted writes (`.partial/` on a
+    /// filesystem; on object storage every case prefix without its group `zarr.json`). Run it
+    /// when no writer is active (after every shard has finished).
     pub fn finalise(&self) -> Result<Vec<CaseEntry>, StageError> {
         let cases = self.write_manifest()?;
-        let partial = self.root.join(PARTIAL_DIR);
-        if partial.is_dir() {
-            for entry in fs::read_dir(&partial).map_err(|e| err(&partial, e))? {
-                let path = entry.map_err(|e| err(&partial, e))?.path();
-                fs::remove_dir_all(&path).map_err(|e| err(&path, e))?;
+        match self.backend {
+            Backend::Folder => {
+                let partial = self.root.join(PARTIAL_DIR);
+                if partial.is_dir() {
+                    for entry in fs::read_dir(&partial).map_err(|e| err(&partial, e))? {
+                        let path = entry.map_err(|e| err(&partial, e))?.path();
+                        fs::remove_dir_all(&path).map_err(|e| err(&path, e))?;
+                    }
+                }
+            }
+            Backend::Objects => {
+                // A case with its group `zarr.json` but a damaged array stays: `verify`
+                // reports it, and only the uncommitted are leftovers.
+                for group in self.case_groups()? {
+                    // Asked strictly: a failed request must not read as "uncommitted" here.
+                    let meta = format!("{group}/zarr.json");
+                    let committed = self
+                        .storage
+                        .size_key(&store_key(&self.root, &meta)?)
+                        .map_err(|e| object_err(&self.root.join(&meta), e))?
+                        .is_some();
+                    if !committed {
+                        let prefix = store_prefix(&self.root, &group)?;
+                        self.storage
+                            .erase_prefix(&prefix)
+                            .map_err(|e| object_err(&self.root.join(&group), e))?;
+                    }
+                }
             }
         }
         Ok(cases)
@@ -1118,7 +1386,9 @@ impl CaseStore {
     pub fn write_manifest(&self) -> Result<Vec<CaseEntry>, StageError> {
         let cases: Vec<CaseEntry> = self.list()?.into_iter().filter(|c| c.complete).collect();
         let meta = self.root.join("zarr.json");
-        let mut doc = read_json(&meta)?;
+        let mut doc = self
+            .read_doc("zarr.json")?
+            .ok_or_else(|| err(&meta, "the store's root group is gone"))?;
         let manifest: Vec<Value> = cases
             .iter()
             .map(|c| json!({"id": c.id, "group": c.group, "key": c.key, "config_hash": c.config_hash}))
@@ -1129,7 +1399,7 @@ impl CaseStore {
             .ok_or_else(|| err(&meta, "no attributes"))?;
         attrs.insert("cases".into(), Value::Array(manifest));
         let bytes = group_json(Value::Object(attrs.clone()));
-        write_atomic(&meta, &bytes, self.options.durable)?;
+        self.write_doc("zarr.json", bytes)?;
         Ok(cases)
     }
 }
