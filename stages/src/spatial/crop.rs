@@ -38,10 +38,7 @@ pub fn crop_array<T: Clone + Default>(
     let lead = n - 3;
     let mut shape = volume.shape().to_vec();
     shape[lead..].copy_from_slice(&size);
-    if let Some(out) = crop_inside_rows(volume, start, size, &shape) {
-        return out;
-    }
-    if let Some(out) = crop_padded_rows(volume, start, size, &shape) {
+    if let Some(out) = crop_rows(volume, start, size, &shape) {
         return out;
     }
     let mut out = ArrayD::<T>::default(IxDyn(&shape));
@@ -62,38 +59,6 @@ pub fn crop_array<T: Clone + Default>(
     out.slice_mut(dst.as_slice())
         .assign(&volume.slice(src.as_slice()));
     out
-}
-
-/// The common case of a window wholly inside a standard-layout volume, copied row by row
-/// (whole contiguous runs along the last axis) without first filling the output with
-/// padding; `None` otherwise.
-fn crop_inside_rows<T: Clone>(
-    volume: &ArrayD<T>,
-    start: [i64; 3],
-    size: [usize; 3],
-    out_shape: &[usize],
-) -> Option<ArrayD<T>> {
-    let data = volume.as_slice()?;
-    let n = volume.ndim();
-    let spatial = &volume.shape()[n - 3..];
-    let inside = (0..3).all(|a| start[a] >= 0 && start[a] as usize + size[a] <= spatial[a]);
-    if !inside {
-        return None;
-    }
-    let [ny, nz] = [spatial[1], spatial[2]];
-    let plane = spatial[0] * ny * nz;
-    let leading: usize = volume.shape()[..n - 3].iter().product();
-    let [x0, y0, z0] = start.map(|s| s as usize);
-    let mut out = Vec::with_capacity(leading * size.iter().product::<usize>());
-    for c in 0..leading {
-        for x in x0..x0 + size[0] {
-            for y in y0..y0 + size[1] {
-                let row = c * plane + (x * ny + y) * nz + z0;
-                out.extend_from_slice(&data[row..row + size[2]]);
-            }
-        }
-    }
-    ArrayD::from_shape_vec(IxDyn(out_shape), out).ok()
 }
 
 /// Crops a volume in its own buffer when nothing else shares it, else copies.
@@ -190,9 +155,10 @@ pub fn crop_in_place<T: Copy + Default>(
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("the rows fill the window exactly")
 }
 
-/// A window reaching outside a standard-layout volume: a zeroed output (fresh memory, no
-/// pass to fill it) into which the overlapping runs along the last axis are copied.
-fn crop_padded_rows<T: Clone + Default>(
+/// A window of a standard-layout volume, inside it or reaching outside: a zeroed output
+/// (fresh memory, no pass to fill it) into which the overlapping runs along the last axis
+/// are copied; `None` for other layouts.
+fn crop_rows<T: Clone + Default>(
     volume: &ArrayD<T>,
     start: [i64; 3],
     size: [usize; 3],

@@ -359,7 +359,9 @@ fn foreground_positions(field: &Field, max: usize) -> (usize, Vec<[usize; 3]>) {
         // A voxel is foreground when any channel is nonzero.
         let mut mask = vec![false; spatial];
         let standard = a.as_standard_layout();
-        let values = standard.as_slice().expect("a standard-layout array is one slice");
+        let values = standard
+            .as_slice()
+            .expect("a standard-layout array is one slice");
         // Channel by channel over plain slices: a branch-free loop the compiler vectorises.
         for channel in values.chunks_exact(spatial) {
             for (m, v) in mask.iter_mut().zip(channel) {
