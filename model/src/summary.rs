@@ -13,7 +13,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
-use crate::config::{ModelConfig, stage_widths};
+use crate::config::{ClassifierPool, ModelConfig, stage_widths};
 use crate::encoder::window::{effective_window, padded_dims};
 use crate::error::Result;
 
@@ -259,7 +259,11 @@ fn classification(cfg: &ModelConfig) -> PartSummary {
     }
     c.norm(ch, vol(dims) * ch, affine);
     c.act += (vol(dims) * ch) as u64;
-    c.linear(ch, k.num_classes, 1, true);
+    let pooled = match k.pool {
+        ClassifierPool::Average => ch,
+        ClassifierPool::AverageAndMax => 2 * ch,
+    };
+    c.linear(pooled, k.num_classes, 1, true);
     c.part("classification")
 }
 
