@@ -61,6 +61,18 @@ pub fn crop_array<T: Clone + Default>(
     out
 }
 
+/// The part of a window (`start`, `size`) inside a volume of spatial shape `spatial`, as
+/// input coordinates `[lo, hi)` per axis; `None` when they do not overlap.
+fn overlap(
+    start: [i64; 3],
+    size: [usize; 3],
+    spatial: [usize; 3],
+) -> Option<([usize; 3], [usize; 3])> {
+    let lo = [0, 1, 2].map(|a| start[a].clamp(0, spatial[a] as i64) as usize);
+    let hi = [0, 1, 2].map(|a| (start[a] + size[a] as i64).clamp(0, spatial[a] as i64) as usize);
+    (0..3).all(|a| lo[a] < hi[a]).then_some((lo, hi))
+}
+
 /// Crops a volume in its own buffer when nothing else shares it, else copies.
 fn crop_shared_or_owned<T: Copy + Default>(
     volume: Arc<ArrayD<T>>,
@@ -88,12 +100,9 @@ pub fn crop_in_place<T: Copy + Default>(
         return crop_array(&volume, start, size);
     }
     let spatial = [0, 1, 2].map(|a| volume.shape()[n - 3 + a]);
-    // The overlap of window and volume, in input coordinates.
-    let lo = [0, 1, 2].map(|a| start[a].clamp(0, spatial[a] as i64) as usize);
-    let hi = [0, 1, 2].map(|a| (start[a] + size[a] as i64).clamp(0, spatial[a] as i64) as usize);
-    if (0..3).any(|a| lo[a] >= hi[a]) {
+    let Some((lo, hi)) = overlap(start, size, spatial) else {
         return crop_array(&volume, start, size); // all padding
-    }
+    };
     let leading: usize = volume.shape()[..n - 3].iter().product();
     let [ny, nz] = [spatial[1], spatial[2]];
     let plane = spatial[0] * ny * nz;
@@ -111,10 +120,14 @@ pub fn crop_in_place<T: Copy + Default>(
     // Output row r (channel c, window x and y) reads input row (c, x, y) if inside the volume.
     let source = |r: usize| -> Option<usize> {
         let (c, rest) = (r / (size[0] * size[1]), r % (size[0] * size[1]));
-        let x = (rest / size[1]) as i64 + start[0];
-        let y = (rest % size[1]) as i64 + start[1];
-        (x_range.contains(&(x as usize)) && x >= 0 && y_range.contains(&(y as usize)) && y >= 0)
-            .then(|| base + c * plane + (x as usize * ny + y as usize) * nz + lo[2])
+        let inside = |offset: usize, axis: usize, range: &std::ops::Range<usize>| {
+            usize::try_from(offset as i64 + start[axis])
+                .ok()
+                .filter(|i| range.contains(i))
+        };
+        let x = inside(rest / size[1], 0, &x_range)?;
+        let y = inside(rest % size[1], 1, &y_range)?;
+        Some(base + c * plane + (x * ny + y) * nz + lo[2])
     };
     // Rows are written in increasing order, so in place is safe when each output row ends
     // at or before the first source voxel of itself and of every later row (sources rise
@@ -166,13 +179,10 @@ fn crop_rows<T: Clone + Default>(
 ) -> Option<ArrayD<T>> {
     let data = volume.as_slice()?;
     let n = volume.ndim();
-    let spatial = &volume.shape()[n - 3..];
+    let spatial = [0, 1, 2].map(|a| volume.shape()[n - 3 + a]);
     let leading: usize = volume.shape()[..n - 3].iter().product();
     let mut out = crate::memory::zeroed::<T>(leading * size.iter().product::<usize>());
-    // The overlap along each axis, in input coordinates.
-    let lo = [0, 1, 2].map(|a| start[a].max(0) as usize);
-    let hi = [0, 1, 2].map(|a| (start[a] + size[a] as i64).clamp(0, spatial[a] as i64) as usize);
-    if (0..3).all(|a| lo[a] < hi[a]) {
+    if let Some((lo, hi)) = overlap(start, size, spatial) {
         let [ny, nz] = [spatial[1], spatial[2]];
         let plane = spatial[0] * ny * nz;
         let out_plane = size.iter().product::<usize>();
