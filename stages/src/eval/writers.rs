@@ -4,7 +4,7 @@
 //!
 //! ```yaml
 //! sinks:
-//!   - boxes_json: {dir: runs/pred}              # runs/pred/<case>.json
+//!   - boxes_json: {dir: runs/pred}              # runs/pred/<case>.json, boxes in the input's grid
 //!   - png_overlay: {dir: runs/png, mask: pred_label, boxes: [boxes, pred_boxes], modality: flair}
 //! ```
 //!
@@ -25,8 +25,11 @@ use serde_json::json;
 use super::report::write_atomic;
 use super::segmentation::percentile;
 use super::sink::region_masks;
+use crate::fields::{common_spatial_shape, volume_fields};
+use crate::io::nifti_stages::WriteSpace;
 use crate::io::sources::ATTR_MODALITIES;
 use crate::labels::{BratsConvention, mask_box};
+use crate::spatial::original_space::box_to_original;
 
 fn default_pred_boxes() -> String {
     "pred_boxes".into()
@@ -36,6 +39,9 @@ fn default_grade_pred() -> Option<String> {
 }
 fn default_p_hgg() -> Option<String> {
     Some("p_hgg".into())
+}
+fn default_box_space() -> WriteSpace {
+    WriteSpace::Original
 }
 
 /// Writes `<dir>/<case>.json` with the predicted boxes, grade and p_hgg.
@@ -53,6 +59,11 @@ pub struct BoxesJson {
     /// Predicted probability of HGG; `null` to leave it out.
     #[serde(default = "default_p_hgg")]
     pub p_hgg: Option<String>,
+    /// `original` (default): boxes in voxels of the grid the image was read in, mapped back
+    /// through reorientation, crops, flips and quarter turns, as `mtmed3d evaluate` compares
+    /// them with the truth files; `current`: the sample's grid as it reaches the sink.
+    #[serde(default = "default_box_space")]
+    pub space: WriteSpace,
 }
 
 impl Component for BoxesJson {
@@ -113,7 +124,12 @@ impl Sink for BoxesJson {
             Some(f) => Some(sample.number(f)?),
             None => None,
         };
-        let doc = prediction_json(sample.boxes(&self.pred_boxes)?, grade, p)?;
+        let boxes = sample.boxes(&self.pred_boxes)?;
+        let boxes = match self.space {
+            WriteSpace::Current => boxes.to_vec(),
+            WriteSpace::Original => boxes_in_original_space(&sample, boxes)?,
+        };
+        let doc = prediction_json(&boxes, grade, p)?;
         let path = self.dir.join(format!("{}.json", sample.id));
         let text =
             serde_json::to_string_pretty(&doc).map_err(|e| StageError::new(e.to_string()))?;
@@ -126,6 +142,35 @@ impl Sink for BoxesJson {
         }
         Ok(())
     }
+}
+
+/// `boxes` of `sample` mapped back through its spatial history; a box that lies wholly in
+/// padding added after reading has no place in the original grid and is left out.
+fn boxes_in_original_space(
+    sample: &Sample,
+    boxes: &[BoundingBox],
+) -> Result<Vec<BoundingBox>, StageError> {
+    let history = &sample.meta.history;
+    if history.is_empty() {
+        return Ok(boxes.to_vec());
+    }
+    let volumes = volume_fields(sample, None);
+    if volumes.is_empty() {
+        return Err(StageError::new(
+            "`boxes_json` with `space: original` needs a volume field in the sample to map the boxes back through its spatial history; write with `space: current`",
+        ));
+    }
+    let shape = common_spatial_shape(sample, &volumes)?;
+    let mut moved = Vec::with_capacity(boxes.len());
+    for b in boxes {
+        if let Some(corners) = box_to_original(&b.corners, shape, history)? {
+            moved.push(BoundingBox {
+                corners,
+                ..b.clone()
+            });
+        }
+    }
+    Ok(moved)
 }
 
 /// A modality by channel number or by name (as the source lists them).
@@ -477,9 +522,88 @@ impl Sink for PngOverlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mtmed3d_pipeline::Field;
+    use mtmed3d_pipeline::{Field, SpatialOp};
     use ndarray::{Array3, Array4};
     use std::sync::Arc;
+
+    /// A case reoriented by flipping x and then cropped, with one predicted box on the current grid.
+    fn reoriented_prediction() -> Sample {
+        let mut s = Sample::new("c1");
+        s.insert(
+            "image",
+            Field::f32(Array4::<f32>::zeros((1, 6, 6, 4)).into_dyn()),
+        );
+        s.meta.history = vec![
+            SpatialOp::Reorient {
+                perm: [0, 1, 2],
+                flip: [true, false, false],
+                shape_before: [10, 6, 4],
+            },
+            SpatialOp::Crop {
+                start: [2, 0, 0],
+                shape_before: [10, 6, 4],
+                shape_after: [6, 6, 4],
+            },
+        ];
+        s.insert(
+            "pred_boxes",
+            Field::Boxes(Arc::new(vec![BoundingBox {
+                corners: [1.0, 2.0, 0.0, 3.0, 5.0, 4.0],
+                class: 0,
+                score: Some(0.75),
+            }])),
+        );
+        s.insert("grade_pred", Field::Text("HGG".into()));
+        s.insert("p_hgg", Field::Number(0.8));
+        s
+    }
+
+    fn written_boxes(space: &str) -> serde_json::Value {
+        let dir = tempfile::tempdir().unwrap();
+        let sink: BoxesJson =
+            serde_json::from_value(json!({"dir": dir.path(), "space": space})).unwrap();
+        sink.build(&BuildContext::default())
+            .unwrap()
+            .write(
+                reoriented_prediction(),
+                &StageContext::new("boxes_json", 3, 0),
+            )
+            .unwrap();
+        let text = std::fs::read_to_string(dir.path().join("c1.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    }
+
+    #[test]
+    fn boxes_json_maps_boxes_back_to_the_grid_the_image_was_read_in() {
+        // current x 1..3 → before the crop 3..5 → before the x flip of 10 voxels 5..7
+        let original = written_boxes("original");
+        assert_eq!(
+            original["boxes"][0]["box"],
+            json!([5.0, 2.0, 0.0, 7.0, 5.0, 4.0])
+        );
+        assert_eq!(original["boxes"][0]["score"], json!(0.75));
+        assert_eq!(original["grade"], json!("HGG"));
+        let current = written_boxes("current");
+        assert_eq!(
+            current["boxes"][0]["box"],
+            json!([1.0, 2.0, 0.0, 3.0, 5.0, 4.0])
+        );
+    }
+
+    #[test]
+    fn boxes_json_refuses_to_guess_the_grid_without_a_volume() {
+        let mut s = reoriented_prediction();
+        s.remove("image");
+        let dir = tempfile::tempdir().unwrap();
+        let sink: BoxesJson = serde_json::from_value(json!({"dir": dir.path()})).unwrap();
+        let err = sink
+            .build(&BuildContext::default())
+            .unwrap()
+            .write(s, &StageContext::new("boxes_json", 3, 0))
+            .unwrap_err();
+        assert!(err.to_string().contains("space: current"), "{err}");
+        assert!(!dir.path().join("c1.json").exists());
+    }
 
     /// Writes `sample` through a `png_overlay` with `params` and decodes `<dir>/c1.png`.
     fn render(

@@ -41,7 +41,6 @@
 //! the image's own grid and affine. `nifti_write` then writes the same files with `space:
 //! current` or `space: original`.
 
-pub mod space;
 pub mod window;
 
 use std::path::PathBuf;
@@ -62,7 +61,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::labels::BratsConvention;
-use space::sample_to_original;
+use crate::spatial::original_space::sample_to_original;
 use window::{Blend, WindowPlan, sliding_window};
 
 /// Where the model runs.

@@ -2,4 +2,5 @@
 
 pub mod crop;
 pub mod orientation;
+pub mod original_space;
 pub mod reorient;
