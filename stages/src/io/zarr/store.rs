@@ -442,6 +442,46 @@ impl CaseInfo {
     }
 }
 
+/// Reads `region` of `array`. Without sharding, every chunk the region touches is decoded
+/// whole once and its overlap copied straight into the output. zarrs' subset read decodes the
+/// same chunks but gathers the overlap run by run through lists of byte ranges and copies it
+/// twice: in a profile of random 96³ crops from 48³ chunks that was a quarter of the read,
+/// as long as zstd itself. A sharded array keeps zarrs' read, which decodes only the inner
+/// chunks it needs rather than whole shards.
+fn retrieve_subset<T>(
+    array: &Array<dyn zarrs::storage::ReadableWritableListableStorageTraits>,
+    region: &ArraySubset,
+    opts: &CodecOptions,
+) -> Result<ArrayD<T>, zarrs::array::ArrayError>
+where
+    T: zarrs::array::Element + Clone + Default,
+    ArrayD<T>: zarrs::array::FromArrayBytes,
+{
+    use zarrs::array::ArrayShardedExt;
+    let chunks = match array.chunks_in_array_subset(region) {
+        Ok(Some(chunks)) if !array.is_sharded() => chunks,
+        _ => return array.retrieve_array_subset_opt::<ArrayD<T>>(region, opts),
+    };
+    let shape: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
+    let mut out = ArrayD::<T>::from_elem(IxDyn(&shape), T::default());
+    for indices in chunks.indices() {
+        let chunk_subset = array.chunk_subset(&indices)?;
+        let overlap = chunk_subset.overlap(region)?;
+        let chunk = array.retrieve_chunk_opt::<ArrayD<T>>(&indices, opts)?;
+        let within = |origin: &[u64]| -> Vec<SliceInfoElem> {
+            overlap
+                .to_ranges()
+                .iter()
+                .zip(origin)
+                .map(|(r, &o)| SliceInfoElem::from((r.start - o) as usize..(r.end - o) as usize))
+                .collect()
+        };
+        out.slice_mut(within(region.start()).as_slice())
+            .assign(&chunk.slice(within(chunk_subset.start()).as_slice()));
+    }
+    Ok(out)
+}
+
 impl CaseStore {
     /// Opens the store at `path` (a folder, or `s3://bucket/prefix` with the feature `s3`),
     /// creating its root group (and folders) when missing. Safe when several processes
@@ -1024,25 +1064,18 @@ impl CaseStore {
         let e = |e: zarrs::array::ArrayError| err(&path, e);
         match (record.kind.as_str(), record.stored_dtype.as_deref()) {
             ("u8", _) => Ok(Field::u8(
-                array
-                    .retrieve_array_subset_opt::<ArrayD<u8>>(&region, &opts)
-                    .map_err(e)?,
+                retrieve_subset::<u8>(&array, &region, &opts).map_err(e)?,
             )),
             ("f32", Some("float32")) => Ok(Field::f32(
-                array
-                    .retrieve_array_subset_opt::<ArrayD<f32>>(&region, &opts)
-                    .map_err(e)?,
+                retrieve_subset::<f32>(&array, &region, &opts).map_err(e)?,
             )),
             ("f32", Some("float16")) => Ok(Field::f32(
-                array
-                    .retrieve_array_subset_opt::<ArrayD<half::f16>>(&region, &opts)
+                retrieve_subset::<half::f16>(&array, &region, &opts)
                     .map_err(e)?
                     .mapv(half::f16::to_f32),
             )),
             ("f32", Some("int16")) => {
-                let q = array
-                    .retrieve_array_subset_opt::<ArrayD<i16>>(&region, &opts)
-                    .map_err(e)?;
+                let q = retrieve_subset::<i16>(&array, &region, &opts).map_err(e)?;
                 let params = record.quantisation.clone().unwrap_or_default();
                 let mut out = ArrayD::<f32>::zeros(q.raw_dim());
                 let nd = q.ndim();
@@ -1159,8 +1192,14 @@ impl CaseStore {
                         ));
                     }
                     let whole = |kind: &str| empty_field(kind, &out_shape);
+                    let inside = overlap
+                        && (0..3)
+                            .all(|a| start[a] >= 0 && start[a] + size[a] as i64 <= this[a] as i64);
                     if !overlap || shape[..n - 3].contains(&0) {
                         whole(&record.kind)
+                    } else if inside {
+                        // the stored values are the crop: no zero-filled copy
+                        self.read_field(info, name, &ranges)?
                     } else {
                         match self.read_field(info, name, &ranges)? {
                             Field::F32(part) => {
