@@ -41,7 +41,7 @@ def preprocess(case_dir, root):
     for name, values in (("image", image), ("label", label)):
         chunks = (values.shape[0],) + tuple(min(CHUNK, n) for n in values.shape[1:])
         array = group.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype,
-                                   compressors=[ZstdCodec(level=3)])
+                                   compressors=[ZstdCodec(level=int(os.environ.get("ZSTD_LEVEL", "3")))])
         array[...] = values
 
 
