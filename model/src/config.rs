@@ -225,10 +225,24 @@ pub struct DetectionLossConfig {
     /// Transition point of the smooth-L1 box loss.
     #[config(default = "1.0 / 9.0")]
     pub smooth_l1_beta: f64,
+    /// Box regression loss over the positive anchors.
+    #[config(default = "BoxLoss::SmoothL1")]
+    pub box_loss: BoxLoss,
     /// Divide the classification loss by the number of positive anchors (RetinaNet) rather than averaging it
     /// over every anchor (the reference, which drowns the positives).
     #[config(default = true)]
     pub normalize_by_positives: bool,
+}
+
+/// Box regression loss of the detection decoder.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum BoxLoss {
+    /// Smooth L1 on the box coder's offsets (RetinaNet, MONAI, the reference).
+    SmoothL1,
+    /// Generalised IoU of the decoded boxes (`1 − GIoU`), scale-free and scored like the evaluation.
+    Giou,
+    /// The sum of both.
+    SmoothL1AndGiou,
 }
 
 /// Detection inference settings.

@@ -1,4 +1,5 @@
-//! Task losses: soft Dice (segmentation), sigmoid focal (classification, detection), smooth L1 (boxes).
+//! Task losses: soft Dice (segmentation), sigmoid focal (classification, detection), smooth L1 and
+//! generalised IoU (boxes).
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid};
@@ -104,6 +105,54 @@ pub fn smooth_l1<B: Backend, const D: usize>(
     let quadratic = diff.clone().square().mul_scalar(0.5 / beta);
     let linear = diff.clone().sub_scalar(0.5 * beta);
     linear.mask_where(diff.lower_elem(beta), quadratic)
+}
+
+/// Generalised IoU loss (Rezatofighi et al., CVPR 2019), `1 − GIoU` per box: the boxes decoded from
+/// `deltas` (`[P, 6]`, the box coder's offsets, log-ratios clamped as in decoding) at `anchors` against
+/// `targets` (both `[P, 6]` corners `[x0, y0, z0, x1, y1, z1]`). Unlike smooth L1 on the offsets it
+/// scores the overlap the evaluation counts, whatever the box's size, and still has a gradient for
+/// boxes that do not overlap (through the enclosing box). Returns `[P]`, in [0, 2).
+pub fn giou_loss<B: Backend>(
+    deltas: Tensor<B, 2>,
+    anchors: Tensor<B, 2>,
+    targets: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let [p, _] = deltas.dims();
+    let col = |t: &Tensor<B, 2>, i: usize| t.clone().slice([0..p, i..i + 1]);
+    let mut inter = None;
+    let mut pred_volume = None;
+    let mut target_volume = None;
+    let mut enclosing = None;
+    let product =
+        |acc: Option<Tensor<B, 2>>, v: Tensor<B, 2>| Some(acc.map_or(v.clone(), |a| a * v));
+    for a in 0..3 {
+        let (a_lo, a_hi) = (col(&anchors, a), col(&anchors, a + 3));
+        let anchor_size = a_hi - a_lo.clone();
+        let centre =
+            a_lo + anchor_size.clone().div_scalar(2.0) + col(&deltas, a) * anchor_size.clone();
+        let size = col(&deltas, a + 3)
+            .clamp_max(f64::from(
+                crate::decoder::detection::box_coder::MAX_LOG_RATIO,
+            ))
+            .exp()
+            * anchor_size;
+        let half = size.clone().div_scalar(2.0);
+        let (lo, hi) = (centre.clone() - half.clone(), centre + half);
+        let (t_lo, t_hi) = (col(&targets, a), col(&targets, a + 3));
+        let overlap =
+            (hi.clone().min_pair(t_hi.clone()) - lo.clone().max_pair(t_lo.clone())).clamp_min(0.0);
+        let hull = hi.max_pair(t_hi.clone()) - lo.min_pair(t_lo.clone());
+        inter = product(inter, overlap);
+        pred_volume = product(pred_volume, size);
+        target_volume = product(target_volume, t_hi - t_lo);
+        enclosing = product(enclosing, hull);
+    }
+    let (inter, enclosing) = (inter.expect("three axes"), enclosing.expect("three axes"));
+    let union =
+        pred_volume.expect("three axes") + target_volume.expect("three axes") - inter.clone();
+    let iou = inter / union.clone().clamp_min(1e-6);
+    let giou = iou - (enclosing.clone() - union) / enclosing.clamp_min(1e-6);
+    giou.neg().add_scalar(1.0).reshape([p])
 }
 
 /// Classification focal loss of `[B, classes]` logits against class indices, as the reference's MONAI
@@ -249,6 +298,64 @@ mod tests {
         {
             assert!((g - e).abs() < 1e-6, "{g} vs {e}");
         }
+    }
+
+    #[test]
+    fn giou_loss_equals_a_direct_computation() {
+        let device = Default::default();
+        let anchors = [
+            [10.0f32, 10.0, 10.0, 26.0, 26.0, 26.0],
+            [0.0, 0.0, 0.0, 8.0, 8.0, 8.0],
+        ];
+        let deltas = [
+            [0.1f32, -0.2, 0.05, 0.2, -0.1, 0.3],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ];
+        // the second target lies apart from its box: IoU 0, GIoU below 0
+        let targets = [
+            [12.0f32, 8.0, 11.0, 30.0, 24.0, 33.0],
+            [12.0, 0.0, 0.0, 20.0, 8.0, 8.0],
+        ];
+        let t = |rows: &[[f32; 6]; 2]| {
+            Tensor::<B, 2>::from_data(
+                burn::tensor::TensorData::new(rows.concat(), [2, 6]),
+                &device,
+            )
+        };
+        let got: Vec<f32> = giou_loss(t(&deltas), t(&anchors), t(&targets))
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for i in 0..2 {
+            let pred = crate::decoder::detection::box_coder::decode(&anchors[i], &deltas[i]);
+            let (b, g) = (pred, targets[i]);
+            let vol = |x: &[f32; 6]| (0..3).map(|a| x[a + 3] - x[a]).product::<f32>();
+            let inter: f32 = (0..3)
+                .map(|a| (b[a + 3].min(g[a + 3]) - b[a].max(g[a])).max(0.0))
+                .product();
+            let hull: f32 = (0..3)
+                .map(|a| b[a + 3].max(g[a + 3]) - b[a].min(g[a]))
+                .product();
+            let union = vol(&b) + vol(&g) - inter;
+            let expected = 1.0 - (inter / union - (hull - union) / hull);
+            assert!(
+                (got[i] - expected).abs() < 1e-5,
+                "box {i}: {} vs {expected}",
+                got[i]
+            );
+        }
+        assert!(
+            got[1] > 1.0,
+            "apart boxes have negative GIoU: loss {}",
+            got[1]
+        );
+        // a perfect box costs nothing
+        let exact = giou_loss(
+            Tensor::<B, 2>::zeros([1, 6], &device),
+            Tensor::<B, 2>::from_floats([[2.0, 3.0, 4.0, 9.0, 9.0, 9.0]], &device),
+            Tensor::<B, 2>::from_floats([[2.0, 3.0, 4.0, 9.0, 9.0, 9.0]], &device),
+        );
+        assert!(exact.into_scalar().abs() < 1e-6);
     }
 
     #[test]

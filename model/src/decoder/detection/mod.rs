@@ -13,9 +13,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::config::{DetectionConfig, DetectionInput};
+use crate::config::{BoxLoss, DetectionConfig, DetectionInput};
 use crate::encoder::EncoderFeatures;
-use crate::loss::{sigmoid_focal_loss, smooth_l1};
+use crate::loss::{giou_loss, sigmoid_focal_loss, smooth_l1};
 use crate::ops::avg_pool3d_2;
 pub use anchors::{Anchors, Box3};
 use head::Head;
@@ -179,7 +179,8 @@ pub struct DetectionLosses<B: Backend> {
 ///
 /// The focal loss is summed over every anchor and class and divided by the number of positives
 /// (RetinaNet's normalisation) unless `normalize_by_positives` is off, in which case it is averaged like the
-/// reference; the box loss is summed over coordinates and averaged over positives.
+/// reference; the box loss (smooth L1 summed over coordinates, `1 − GIoU`, or both, as configured) is
+/// averaged over positives.
 pub fn detection_loss<B: Backend>(
     config: &DetectionConfig,
     anchors: &Anchors,
@@ -193,6 +194,7 @@ pub fn detection_loss<B: Backend>(
     let mut cls_target = vec![0f32; b * n * k];
     let mut positive_rows = Vec::new();
     let mut box_targets = Vec::new();
+    let (mut positive_anchors, mut positive_gt) = (Vec::new(), Vec::new());
     for (i, t) in targets.iter().enumerate() {
         let matches = matcher::atss_match(&config.matcher, anchors, &t.boxes);
         for (a, m) in matches.iter().enumerate() {
@@ -200,6 +202,8 @@ pub fn detection_loss<B: Backend>(
                 cls_target[(i * n + a) * k + t.labels[g]] = 1.0;
                 positive_rows.push((i * n + a) as i64);
                 box_targets.extend(box_coder::encode(&anchors.boxes[a], &t.boxes[g]));
+                positive_anchors.push(anchors.boxes[a]);
+                positive_gt.push(t.boxes[g]);
             }
         }
     }
@@ -228,11 +232,31 @@ pub fn detection_loss<B: Backend>(
             .clone()
             .reshape([b * n, 6])
             .select(0, rows); // [P, 6]
-        let target =
-            Tensor::<B, 2>::from_data(TensorData::new(box_targets, [positives, 6]), &device);
-        smooth_l1(pred, target, loss_cfg.smooth_l1_beta)
+        let boxes = |rows: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(rows, [positives, 6]), &device)
+        };
+        let smooth = || {
+            smooth_l1(
+                pred.clone(),
+                boxes(box_targets.clone()),
+                loss_cfg.smooth_l1_beta,
+            )
             .sum()
             .div_scalar(positives as f64)
+        };
+        let giou = || {
+            giou_loss(
+                pred.clone(),
+                boxes(positive_anchors.concat()),
+                boxes(positive_gt.concat()),
+            )
+            .mean()
+        };
+        match loss_cfg.box_loss {
+            BoxLoss::SmoothL1 => smooth(),
+            BoxLoss::Giou => giou(),
+            BoxLoss::SmoothL1AndGiou => smooth() + giou(),
+        }
     };
     DetectionLosses {
         classification,
