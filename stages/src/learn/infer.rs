@@ -27,7 +27,9 @@
 //!   are cut the same way, may score the partial view higher, and a small partial box overlaps
 //!   the whole one by less than the NMS IoU, so whole boxes go first: a partial box is dropped
 //!   when half of it lies inside a kept whole box, and never suppresses one. A tumour no window
-//!   holds whole keeps its best partial box.
+//!   holds whole keeps its best partial box. With `detection_patch` the boxes come from a
+//!   second pass with larger windows (up to the whole volume, padded), so that every tumour is
+//!   seen whole; the masks and grade still come from the model's own windows.
 //! - **grade**: each window's HGG probability (softmax of the two logits) is weighted by the
 //!   tumour volume that window predicts (the sum of its WT probabilities inside the volume).
 //!   The classifier reads the segmentation and was trained on crops holding tumour; a window
