@@ -29,7 +29,7 @@ use crate::fields::{common_spatial_shape, volume_fields};
 use crate::io::nifti_stages::WriteSpace;
 use crate::io::sources::ATTR_MODALITIES;
 use crate::labels::{BratsConvention, mask_box};
-use crate::spatial::original_space::box_to_original;
+use crate::spatial::original_space::boxes_to_original;
 
 fn default_pred_boxes() -> String {
     "pred_boxes".into()
@@ -160,17 +160,7 @@ fn boxes_in_original_space(
             "`boxes_json` with `space: original` needs a volume field in the sample to map the boxes back through its spatial history; write with `space: current`",
         ));
     }
-    let shape = common_spatial_shape(sample, &volumes)?;
-    let mut moved = Vec::with_capacity(boxes.len());
-    for b in boxes {
-        if let Some(corners) = box_to_original(&b.corners, shape, history)? {
-            moved.push(BoundingBox {
-                corners,
-                ..b.clone()
-            });
-        }
-    }
-    Ok(moved)
+    boxes_to_original(boxes, common_spatial_shape(sample, &volumes)?, history)
 }
 
 /// A modality by channel number or by name (as the source lists them).

@@ -678,6 +678,7 @@ impl Stage for InferStage {
         if self.detection_patch != self.patch {
             window_detections.clear();
             let plan = WindowPlan::new(volume, self.detection_patch, c.overlap);
+            // one window per pass: these windows are larger than the ones `batch` was sized for
             sliding_window(image, &plan, Blend::Constant, 1, |windows, starts| {
                 let out = self.runner.forward(&self.model_config, windows)?;
                 window_detections.extend(starts.iter().copied().zip(out.detections));

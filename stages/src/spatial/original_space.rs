@@ -84,6 +84,24 @@ pub fn box_to_original(
     Ok(Some(c))
 }
 
+/// Every box of `boxes` through [`box_to_original`]; boxes found only in padding are left out.
+pub fn boxes_to_original(
+    boxes: &[BoundingBox],
+    shape: [usize; 3],
+    history: &[SpatialOp],
+) -> Result<Vec<BoundingBox>, StageError> {
+    let mut moved = Vec::with_capacity(boxes.len());
+    for b in boxes {
+        if let Some(corners) = box_to_original(&b.corners, shape, history)? {
+            moved.push(BoundingBox {
+                corners,
+                ..b.clone()
+            });
+        }
+    }
+    Ok(moved)
+}
+
 /// Maps every volume and box field of `sample` back to the space the image was read in,
 /// then sets `meta.affine` to the original affine, the spacing to its voxel sizes and
 /// empties the history.
@@ -108,15 +126,7 @@ pub fn sample_to_original(sample: &mut Sample) -> Result<(), StageError> {
         .map(|(n, _)| n.to_string())
         .collect();
     for name in box_fields {
-        let mut moved = Vec::new();
-        for b in sample.boxes(&name)? {
-            if let Some(corners) = box_to_original(&b.corners, shape, &history)? {
-                moved.push(BoundingBox {
-                    corners,
-                    ..b.clone()
-                });
-            }
-        }
+        let moved = boxes_to_original(sample.boxes(&name)?, shape, &history)?;
         sample.insert(name, Field::Boxes(Arc::new(moved)));
     }
     sample.meta.affine = sample.meta.original_affine;

@@ -448,15 +448,19 @@ impl CaseInfo {
 /// twice: in a profile of random 96³ crops from 48³ chunks that was a quarter of the read,
 /// as long as zstd itself. A sharded array keeps zarrs' read, which decodes only the inner
 /// chunks it needs rather than whole shards.
+///
+/// With a concurrency target of n > 1 in `opts`, chunks are decoded n at a time in parallel,
+/// and only those n are held besides the output.
 fn retrieve_subset<T>(
     array: &Array<dyn zarrs::storage::ReadableWritableListableStorageTraits>,
     region: &ArraySubset,
     opts: &CodecOptions,
 ) -> Result<ArrayD<T>, zarrs::array::ArrayError>
 where
-    T: zarrs::array::Element + Clone + Default,
+    T: zarrs::array::Element + Clone + Default + Send,
     ArrayD<T>: zarrs::array::FromArrayBytes,
 {
+    use rayon::prelude::*;
     use zarrs::array::ArrayShardedExt;
     let chunks = match array.chunks_in_array_subset(region) {
         Ok(Some(chunks)) if !array.is_sharded() => chunks,
@@ -464,20 +468,37 @@ where
     };
     let shape: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
     let mut out = ArrayD::<T>::from_elem(IxDyn(&shape), T::default());
-    for indices in chunks.indices() {
-        let chunk_subset = array.chunk_subset(&indices)?;
+    let threads = opts.concurrent_target().max(1);
+    let one_chunk = (*opts).with_concurrent_target(1);
+    let decode = |indices: &[u64]| {
+        let chunk_subset = array.chunk_subset(indices)?;
         let overlap = chunk_subset.overlap(region)?;
-        let chunk = array.retrieve_chunk_opt::<ArrayD<T>>(&indices, opts)?;
-        let within = |origin: &[u64]| -> Vec<SliceInfoElem> {
-            overlap
-                .to_ranges()
-                .iter()
-                .zip(origin)
-                .map(|(r, &o)| SliceInfoElem::from((r.start - o) as usize..(r.end - o) as usize))
-                .collect()
+        let chunk = array.retrieve_chunk_opt::<ArrayD<T>>(indices, &one_chunk)?;
+        Ok::<_, zarrs::array::ArrayError>((chunk_subset, overlap, chunk))
+    };
+    let indices: Vec<_> = chunks.indices().into_iter().collect();
+    for wave in indices.chunks(threads) {
+        let decoded: Vec<_> = if wave.len() > 1 {
+            wave.par_iter()
+                .map(|i| decode(i))
+                .collect::<Result<_, _>>()?
+        } else {
+            wave.iter().map(|i| decode(i)).collect::<Result<_, _>>()?
         };
-        out.slice_mut(within(region.start()).as_slice())
-            .assign(&chunk.slice(within(chunk_subset.start()).as_slice()));
+        for (chunk_subset, overlap, chunk) in decoded {
+            let within = |origin: &[u64]| -> Vec<SliceInfoElem> {
+                overlap
+                    .to_ranges()
+                    .iter()
+                    .zip(origin)
+                    .map(|(r, &o)| {
+                        SliceInfoElem::from((r.start - o) as usize..(r.end - o) as usize)
+                    })
+                    .collect()
+            };
+            out.slice_mut(within(region.start()).as_slice())
+                .assign(&chunk.slice(within(chunk_subset.start()).as_slice()));
+        }
     }
     Ok(out)
 }
