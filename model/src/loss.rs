@@ -119,12 +119,8 @@ pub fn giou_loss<B: Backend>(
 ) -> Tensor<B, 1> {
     let [p, _] = deltas.dims();
     let col = |t: &Tensor<B, 2>, i: usize| t.clone().slice([0..p, i..i + 1]);
-    let mut inter = None;
-    let mut pred_volume = None;
-    let mut target_volume = None;
-    let mut enclosing = None;
-    let product =
-        |acc: Option<Tensor<B, 2>>, v: Tensor<B, 2>| Some(acc.map_or(v.clone(), |a| a * v));
+    // per axis: overlap, predicted edge, target edge and enclosing edge; volumes are products
+    let mut edges: [Vec<Tensor<B, 2>>; 4] = Default::default();
     for a in 0..3 {
         let (a_lo, a_hi) = (col(&anchors, a), col(&anchors, a + 3));
         let anchor_size = a_hi - a_lo.clone();
@@ -139,17 +135,16 @@ pub fn giou_loss<B: Backend>(
         let half = size.clone().div_scalar(2.0);
         let (lo, hi) = (centre.clone() - half.clone(), centre + half);
         let (t_lo, t_hi) = (col(&targets, a), col(&targets, a + 3));
-        let overlap =
-            (hi.clone().min_pair(t_hi.clone()) - lo.clone().max_pair(t_lo.clone())).clamp_min(0.0);
-        let hull = hi.max_pair(t_hi.clone()) - lo.min_pair(t_lo.clone());
-        inter = product(inter, overlap);
-        pred_volume = product(pred_volume, size);
-        target_volume = product(target_volume, t_hi - t_lo);
-        enclosing = product(enclosing, hull);
+        edges[0].push(
+            (hi.clone().min_pair(t_hi.clone()) - lo.clone().max_pair(t_lo.clone())).clamp_min(0.0),
+        );
+        edges[1].push(size);
+        edges[2].push(t_hi.clone() - t_lo.clone());
+        edges[3].push(hi.max_pair(t_hi) - lo.min_pair(t_lo));
     }
-    let (inter, enclosing) = (inter.expect("three axes"), enclosing.expect("three axes"));
-    let union =
-        pred_volume.expect("three axes") + target_volume.expect("three axes") - inter.clone();
+    let [inter, pred_volume, target_volume, enclosing] =
+        edges.map(|e| e.into_iter().reduce(|a, b| a * b).expect("three axes"));
+    let union = pred_volume + target_volume - inter.clone();
     let iou = inter / union.clone().clamp_min(1e-6);
     let giou = iou - (enclosing.clone() - union) / enclosing.clamp_min(1e-6);
     giou.neg().add_scalar(1.0).reshape([p])

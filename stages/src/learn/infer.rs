@@ -742,7 +742,10 @@ mod tests {
     use std::path::Path;
 
     fn tiny_checkpoint(dir: &Path) -> (PathBuf, MultiTaskModel<CpuBackend>, ModelConfig) {
-        let config = ModelConfig::tiny();
+        let mut config = ModelConfig::tiny();
+        // An untrained head scores every anchor near its prior (0.01), under the default
+        // threshold: with none, the box comparisons below would compare two empty lists.
+        config.detection.inference.score_threshold = 0.0;
         let model = config.init::<CpuBackend>(&Default::default()).unwrap();
         let path = dir.join("tiny.mpk");
         checkpoint::save(&model, &config, &path).unwrap();
@@ -808,6 +811,10 @@ mod tests {
         let grade = out.text("grade_pred").unwrap();
         assert_eq!(grade, if p >= 0.5 { "HGG" } else { "LGG" });
         let boxes = out.boxes("pred_boxes").unwrap();
+        assert!(
+            !boxes.is_empty(),
+            "the untrained model must propose boxes for this to test anything"
+        );
         assert_eq!(boxes.len(), direct_boxes.boxes.len());
         for (b, (d, s)) in boxes
             .iter()
@@ -851,6 +858,10 @@ mod tests {
             .process(sample(), &ctx())
             .unwrap();
         let boxes = whole.boxes("pred_boxes").unwrap();
+        assert!(
+            !boxes.is_empty(),
+            "the untrained model must propose boxes for this to test anything"
+        );
         assert_eq!(boxes.len(), direct_boxes.boxes.len());
         for (b, d) in boxes.iter().zip(&direct_boxes.boxes) {
             assert_eq!(b.corners, d.map(f64::from));
