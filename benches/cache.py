@@ -6,8 +6,8 @@ numpy + zarr-python, and random training crops read back with zarr-python.
   cache.py crops STORE N             N random 96^3 crops (image 4 channels + label 3)
 
 Preprocess per case: load four modalities and the label (nibabel, float32, RAS via
-as_closest_canonical), z-score each channel over nonzero voxels, TC/WT/ET region masks,
-crop to the image's nonzero box + 8 voxels, whole-tumour box, then one zarr v3 group per
+as_closest_canonical), crop to the image's nonzero box + 8 voxels, z-score each channel over
+nonzero voxels, TC/WT/ET region masks, whole-tumour box, then one zarr v3 group per
 case with (C, X, Y, Z) arrays in 48^3 chunks, zstd level 3, and the box as an attribute.
 Prints JSON with the timings.
 """
@@ -32,9 +32,9 @@ CHUNK = 48
 def preprocess(case_dir, root):
     case = os.path.basename(case_dir)
     image, seg, affine = load_case(case_dir)
+    image, (seg,) = crop_foreground(image, [seg])
     zscore_nonzero(image)
-    regions = np.stack([(seg == 1) | (seg == 4), seg > 0, seg == 4]).astype(np.uint8)
-    image, (label,) = crop_foreground(image, [regions])
+    label = np.stack([(seg == 1) | (seg == 4), seg > 0, seg == 4]).astype(np.uint8)
     box = whole_tumour_box(label[1])
     group = root.create_group(case)
     group.attrs.update({"affine": affine.tolist(), "boxes": [box], "shape": list(image.shape)})

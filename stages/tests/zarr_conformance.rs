@@ -117,6 +117,9 @@ fn zarr_python_reads_what_mtmed3d_writes() {
         let group = "Case~207~2Fa";
         // The temporary folder is not a member; only the case is.
         assert_eq!(report["members"], serde_json::json!([group]), "{name}");
+        // Nor is it left behind for zarr-python to warn about.
+        assert_eq!(report["warnings"], serde_json::json!([]), "{name}");
+        assert!(!path.join(".partial").exists(), "{name}");
         assert_eq!(
             report["root_attributes"]["cases"][0]["id"], "Case 7/a",
             "{name}"

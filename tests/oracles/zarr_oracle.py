@@ -16,6 +16,7 @@
 import json
 import os
 import sys
+import warnings
 
 import google_crc32c
 import numpy as np
@@ -23,6 +24,17 @@ import zarr
 
 
 def read(store, out_dir):
+    # zarr-python's warnings (a folder in the hierarchy that is not a node, say) go into the
+    # report for the Rust side to check.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = read_report(store, out_dir)
+    report["warnings"] = [str(w.message) for w in caught]
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+
+
+def read_report(store, out_dir):
     root = zarr.open_group(store, mode="r")
     report = {
         "zarr_version": zarr.__version__,
@@ -44,8 +56,7 @@ def read(store, out_dir):
             with open(os.path.join(out_dir, name, array_name + ".bin"), "wb") as f:
                 f.write(np.ascontiguousarray(little).tobytes())
         report["cases"][name] = case
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    return report
 
 
 def expected_image(shape):

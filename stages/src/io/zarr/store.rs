@@ -8,7 +8,7 @@
 //!     zarr.json               case group: metadata, non-volume fields, checksums
 //!     image/  zarr.json, c/…  (C, X, Y, Z), chunks follow the training patch size, zstd
 //!     label/  zarr.json, c/…
-//!   .partial/                 cases being written (never listed as members by zarr-python)
+//!   .partial/                 cases being written; removed when empty after a run
 //! ```
 //!
 //! Case ids and field names become node names after escaping every character outside
@@ -309,8 +309,13 @@ fn root_attrs(options: &StoreOptions) -> Value {
     }})
 }
 
-/// CRC-32C of a slice of plain numbers, as their little-endian bytes.
-fn crc_of<T: Copy, const N: usize>(values: &[T], to_le: impl Fn(T) -> [u8; N]) -> u32 {
+/// CRC-32C of a slice of plain numbers, as their little-endian bytes. On a little-endian
+/// machine those are the values' own bytes, checksummed in place; elsewhere each block is
+/// converted first.
+fn crc_of<T: bytemuck::Pod, const N: usize>(values: &[T], to_le: impl Fn(T) -> [u8; N]) -> u32 {
+    if cfg!(target_endian = "little") {
+        return crc32c::crc32c(bytemuck::cast_slice(values));
+    }
     let mut crc = 0u32;
     let mut buf = Vec::with_capacity(1 << 16);
     for chunk in values.chunks((1 << 16) / N) {
@@ -439,6 +444,85 @@ impl CaseInfo {
             .iter()
             .filter_map(|(n, r)| r.shape.clone().map(|s| (n.clone(), s)))
             .collect()
+    }
+}
+
+/// Writes a whole C-order volume into an unsharded array chunk by chunk: each chunk is
+/// gathered row by row into a buffer reused across chunks (padded with `fill` past the
+/// volume's edge), then encoded and stored. zarrs' whole-array write gathers every chunk
+/// through lists of byte ranges instead; a profile of BraTS-sized cases put that at 8 % of
+/// preprocessing, a quarter of zstd's own time. Chunks go out `threads` at a time.
+fn store_chunks<'a, T>(
+    array: &Array<dyn zarrs::storage::ReadableWritableListableStorageTraits>,
+    shape: &[usize],
+    fill: T,
+    values: &'a [T],
+    threads: usize,
+) -> Result<(), zarrs::array::ArrayError>
+where
+    T: zarrs::array::Element + Copy + Send + Sync,
+    for<'b> &'b [T]: zarrs::array::IntoArrayBytes<'b>,
+{
+    use rayon::prelude::*;
+    let n = shape.len();
+    let grid_shape: Vec<u64> = array.chunk_grid_shape().to_vec();
+    let chunk_of = |indices: &[u64]| -> Result<Vec<usize>, zarrs::array::ArrayError> {
+        Ok(array
+            .chunk_shape(indices)?
+            .iter()
+            .map(|c| c.get() as usize)
+            .collect())
+    };
+    let chunk_indices: Vec<Vec<u64>> = ArraySubset::new_with_shape(grid_shape)
+        .indices()
+        .into_iter()
+        .map(|i| i.to_vec())
+        .collect();
+    // Volumes of fewer than three axes are one chunk: store them as they are.
+    if n < 3 {
+        return match chunk_indices.first() {
+            Some(first) => array.store_chunk(first, values),
+            None => Ok(()),
+        };
+    }
+    let lead: usize = shape[..n - 3].iter().product();
+    let [sx, sy, sz] = [shape[n - 3], shape[n - 2], shape[n - 1]];
+    let write_group = |group: &[Vec<u64>]| -> Result<(), zarrs::array::ArrayError> {
+        let mut buffer: Vec<T> = Vec::new();
+        let one = CodecOptions::default().with_concurrent_target(1);
+        for indices in group {
+            let chunk = chunk_of(indices)?;
+            let [cx, cy, cz] = [chunk[n - 3], chunk[n - 2], chunk[n - 1]];
+            // Leading axes are whole in every chunk (see `grid`).
+            let start: Vec<usize> = indices[n - 3..]
+                .iter()
+                .zip([cx, cy, cz])
+                .map(|(&i, c)| i as usize * c)
+                .collect();
+            let [x0, y0, z0] = [start[0], start[1], start[2]];
+            let (nx, ny, nz) = (cx.min(sx - x0), cy.min(sy - y0), cz.min(sz - z0));
+            buffer.clear();
+            buffer.resize(lead * cx * cy * cz, fill);
+            for l in 0..lead {
+                for x in 0..nx {
+                    for y in 0..ny {
+                        let src = ((l * sx + x0 + x) * sy + y0 + y) * sz + z0;
+                        let dst = ((l * cx + x) * cy + y) * cz;
+                        buffer[dst..dst + nz].copy_from_slice(&values[src..src + nz]);
+                    }
+                }
+            }
+            array.store_chunk_opt(indices, buffer.as_slice(), &one)?;
+        }
+        Ok(())
+    };
+    let threads = threads.clamp(1, chunk_indices.len().max(1));
+    if threads == 1 {
+        write_group(&chunk_indices)
+    } else {
+        chunk_indices
+            .par_chunks(chunk_indices.len().div_ceil(threads))
+            .try_for_each(write_group)
     }
 }
 
@@ -892,7 +976,7 @@ impl CaseStore {
         }
     }
 
-    fn write_array<'a, T: zarrs::array::Element + Copy>(
+    fn write_array<'a, T: zarrs::array::Element + Copy + Send + Sync>(
         &self,
         at: Below,
         name: &str,
@@ -932,10 +1016,13 @@ impl CaseStore {
             .store_metadata()
             .map_err(|e| StageError::new(format!("array `{name}`: {e}")))?;
         if shape.iter().all(|&s| s > 0) {
-            let subset = ArraySubset::new_with_shape(array_shape);
-            array
-                .store_array_subset_opt(&subset, values, &self.codec_options())
-                .map_err(|e| StageError::new(format!("array `{name}`: {e}")))?;
+            let stored = if zarrs::array::ArrayShardedExt::is_sharded(&array) {
+                let subset = ArraySubset::new_with_shape(array_shape);
+                array.store_array_subset_opt(&subset, values, &self.codec_options())
+            } else {
+                store_chunks(&array, shape, fill, values, self.options.codec_threads)
+            };
+            stored.map_err(|e| StageError::new(format!("array `{name}`: {e}")))?;
         }
         Ok(())
     }
@@ -1448,6 +1535,12 @@ impl CaseStore {
     /// Writes the manifest of the cases complete now into the root group's attributes
     /// (atomically; safe while other shards write, though it may then miss their latest).
     pub fn write_manifest(&self) -> Result<Vec<CaseEntry>, StageError> {
+        if self.backend == Backend::Folder {
+            // An empty `.partial/` is gone once the writers are done: zarr-python warns about
+            // every folder in a hierarchy that is not a node. A shard still writing keeps it
+            // (it is not empty) or makes it again.
+            let _ = fs::remove_dir(self.root.join(PARTIAL_DIR));
+        }
         let cases: Vec<CaseEntry> = self.list()?.into_iter().filter(|c| c.complete).collect();
         let meta = self.root.join("zarr.json");
         let mut doc = self
@@ -1618,4 +1711,21 @@ pub fn same_sample(a: &Sample, b: &Sample) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_are_of_the_little_endian_bytes() {
+        let values: Vec<f32> = (0..100_000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(crc_of(&values, f32::to_le_bytes), crc32c::crc32c(&bytes));
+        let q: Vec<i16> = (0..70_001).map(|i| (i % 65_536 - 32_768) as i16).collect();
+        let bytes: Vec<u8> = q.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(crc_of(&q, i16::to_le_bytes), crc32c::crc32c(&bytes));
+        // A known CRC-32C (RFC 3720's 32 bytes of zeros) pins the polynomial.
+        assert_eq!(crc_of(&[0f32; 8], f32::to_le_bytes), 0x8A91_36AA);
+    }
 }
