@@ -2,7 +2,8 @@
 """The Python peer of benches/cache.sh: the steps of configs/brats-cache.yaml with nibabel +
 numpy + zarr-python, and random training crops read back with zarr-python.
 
-  cache.py preprocess ROOT STORE     ROOT holds HGG/ and LGG/ case folders (mtmed3d phantom)
+  cache.py preprocess ROOT STORE [P] ROOT holds HGG/ and LGG/ case folders (mtmed3d phantom);
+                                     P processes side by side (default 1)
   cache.py crops STORE N             N random 96^3 crops (image 4 channels + label 3)
 
 Preprocess per case: load four modalities and the label (nibabel, float32, RAS via
@@ -45,12 +46,25 @@ def preprocess(case_dir, root):
         array[...] = values
 
 
-def main_preprocess(data, store):
+def preprocess_into(store, case_dir):
+    preprocess(case_dir, zarr.open_group(store, mode="r+"))
+
+
+def main_preprocess(data, store, processes=1):
     cases = sorted(glob.glob(os.path.join(data, "*", "*")))
     root = zarr.open_group(store, mode="w")
     t = time.perf_counter()
-    for case_dir in cases:
-        preprocess(case_dir, root)
+    if processes == 1:
+        for case_dir in cases:
+            preprocess(case_dir, root)
+    else:
+        # Cases side by side in separate processes, as one would use a multi-core machine from
+        # Python (numpy and nibabel run these steps on one core each); each writes its own group.
+        import functools
+        import multiprocessing
+
+        with multiprocessing.Pool(processes) as pool:
+            pool.map(functools.partial(preprocess_into, store), cases, chunksize=1)
     wall = time.perf_counter() - t
     print(json.dumps({"cases": len(cases), "wall_s": wall, "seconds_per_case": wall / len(cases)}))
 
@@ -74,7 +88,7 @@ def main_crops(store, n):
 
 if __name__ == "__main__":
     if sys.argv[1] == "preprocess":
-        main_preprocess(sys.argv[2], sys.argv[3])
+        main_preprocess(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 1)
     elif sys.argv[1] == "crops":
         main_crops(sys.argv[2], int(sys.argv[3]))
     else:

@@ -330,3 +330,63 @@ fn a_yaml_reorient_pipeline_matches_nibabel_on_real_files() {
         assert!(r["affine_max_diff"].as_f64().unwrap() <= 1e-5);
     }
 }
+
+#[test]
+fn a_crop_inside_nifti_decode_equals_the_crop_stage_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    small_phantoms(dir.path(), 2);
+    let pipeline = |decode: &str, crop: &str, out: &str| {
+        format!(
+            "source:\n  brats: {{root: data}}\nstages:\n  - nifti_decode: {decode}\n{crop}  - reorient: {{axcodes: RAS}}\nsinks:\n  - nifti_write: {{dir: {out}, fields: [image, label], space: current}}\n  - nifti_write: {{dir: {out}-original, fields: [label], space: original}}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("stage.yaml"),
+        pipeline(
+            "{}",
+            "  - crop: {mode: foreground, margin: 3}\n",
+            "out/stage",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("fused.yaml"),
+        pipeline("{crop: {mode: foreground, margin: 3}}", "", "out/fused"),
+    )
+    .unwrap();
+    for file in ["stage.yaml", "fused.yaml"] {
+        let out = mtmed3d(&["run", file], dir.path());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    for i in 0..2 {
+        let id = format!("Phantom_{i:04}");
+        for name in ["image", "label"] {
+            let a = read_nifti(dir.path().join(format!("out/stage/{id}_{name}.nii.gz"))).unwrap();
+            let b = read_nifti(dir.path().join(format!("out/fused/{id}_{name}.nii.gz"))).unwrap();
+            assert_eq!(a.affine(), b.affine(), "{id} {name}");
+            assert_eq!(a.shape(), b.shape(), "{id} {name}");
+            assert!(a.shape()[1] < 32, "cropped: {:?}", a.shape());
+            assert_eq!(a.into_f32(), b.into_f32(), "{id} {name}");
+        }
+        // The crop is in the history: masks map back to the input's grid.
+        let back = read_nifti(
+            dir.path()
+                .join(format!("out/fused-original/{id}_label.nii.gz")),
+        )
+        .unwrap();
+        assert_eq!(back.shape(), [1, 32, 32, 24]);
+    }
+    // Its parameters are checked like the stage's.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        pipeline("{crop: {mode: center}}", "", "out/bad"),
+    )
+    .unwrap();
+    let out = mtmed3d(&["validate", "bad.yaml"], dir.path());
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("`mode: center` needs `size: [x, y, z]`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

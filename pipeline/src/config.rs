@@ -62,7 +62,7 @@ impl Default for CommonOptions {
 
 pub const COMMON_OPTIONS: [&str; 3] = ["workers", "queue", "on_error"];
 
-const TOP_LEVEL: [&str; 12] = [
+const TOP_LEVEL: [&str; 13] = [
     "name",
     "description",
     "seed",
@@ -70,6 +70,7 @@ const TOP_LEVEL: [&str; 12] = [
     "shuffle",
     "split",
     "allow_failures",
+    "max_in_flight",
     "defaults",
     "source",
     "stages",
@@ -127,6 +128,9 @@ pub struct Plan {
     pub shuffle: bool,
     /// Run on one part of a cross-validation split of the source's cases.
     pub split: Option<Split>,
+    /// At most this many cases between the source and the sinks at once (a memory budget);
+    /// without it the queues alone bound them.
+    pub max_in_flight: Option<u64>,
     pub source: Planned,
     pub stages: Vec<Planned>,
     pub sinks: Vec<Planned>,
@@ -340,6 +344,15 @@ impl Validator<'_> {
         }
         let allow_failures: bool = self.scalar(root, "allow_failures").unwrap_or(false);
         let shuffle: bool = self.scalar(root, "shuffle").unwrap_or(false);
+        let max_in_flight: Option<u64> = self.scalar(root, "max_in_flight");
+        if max_in_flight == Some(0)
+            && let Some((_, v)) = root.get("max_in_flight")
+        {
+            self.error(
+                Diagnostic::new(K::InvalidValue, v.loc, "`max_in_flight` must be at least 1")
+                    .with_help("leave it out to let the queues alone bound the cases in flight"),
+            );
+        }
         let split: Option<Split> = self.scalar(root, "split");
         if let (Some(split), Some((_, node))) = (&split, root.get("split")) {
             for problem in split.problems() {
@@ -404,6 +417,7 @@ impl Validator<'_> {
             seed,
             epochs,
             allow_failures,
+            max_in_flight,
             shuffle,
             split,
             source,

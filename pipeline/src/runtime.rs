@@ -259,6 +259,9 @@ impl RunSummary {
     }
 }
 
+/// How long a source worker waits for a slot under `max_in_flight` before warning.
+const STALL_WARNING: Duration = Duration::from_secs(60);
+
 /// Shared bookkeeping of one run.
 struct RunState {
     in_flight: AtomicU64,
@@ -273,9 +276,55 @@ struct RunState {
     fatal: AtomicBool,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    /// The plan's `max_in_flight`: source workers wait for a case to finish before starting
+    /// another past it.
+    max_in_flight: Option<u64>,
+    /// Signalled whenever a case leaves the pipeline.
+    case_left: (Mutex<()>, std::sync::Condvar),
 }
 
 impl RunState {
+    /// Counts one more case in flight, first waiting (under `max_in_flight`) until fewer
+    /// than the maximum are. `None` when the run was cancelled while waiting.
+    fn enter(&self) -> Option<u64> {
+        let Some(max) = self.max_in_flight else {
+            return Some(self.in_flight.fetch_add(1, Ordering::SeqCst) + 1);
+        };
+        let started = Instant::now();
+        let mut warned = false;
+        let mut guard = self.case_left.0.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            // Reserved atomically: several source workers never overshoot together.
+            if let Ok(before) =
+                self.in_flight
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+            {
+                return Some(before + 1);
+            }
+            if self.cancel.load(Ordering::SeqCst) {
+                return None;
+            }
+            if !warned && started.elapsed() > STALL_WARNING {
+                warned = true;
+                tracing::warn!(
+                    "no case has finished for {} s while `max_in_flight: {max}` cases are in flight; \
+                     a sink that holds cases until it has several (a training batch) needs a larger \
+                     `max_in_flight` than it holds",
+                    STALL_WARNING.as_secs()
+                );
+            }
+            // Timed, so a cancelled run is noticed even if no case leaves.
+            guard = self
+                .case_left
+                .1
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     fn record_failure(&self, failure: CaseFailure, policy: OnError) {
         tracing::warn!(case = %failure.case, stage = %failure.stage, "{}", failure.reason);
         self.failures
@@ -304,8 +353,8 @@ impl std::fmt::Debug for InFlightToken {
 }
 
 impl InFlightToken {
-    fn new(state: Arc<RunState>) -> Arc<Self> {
-        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    /// A token for a case already counted by [`RunState::enter`] (`now` in flight with it).
+    fn new(state: Arc<RunState>, now: u64) -> Arc<Self> {
         state.peak.fetch_max(now, Ordering::SeqCst);
         state.samples.fetch_add(1, Ordering::SeqCst);
         Arc::new(InFlightToken {
@@ -330,6 +379,11 @@ impl Drop for InFlightToken {
         };
         counter.fetch_add(1, Ordering::SeqCst);
         s.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if s.max_in_flight.is_some() {
+            // Taken so a source worker between its check and its wait cannot miss this.
+            let _guard = s.case_left.0.lock().unwrap_or_else(|p| p.into_inner());
+            s.case_left.1.notify_all();
+        }
     }
 }
 
@@ -727,6 +781,8 @@ fn run_with_cases(
         failures: Mutex::new(Vec::new()),
         cancel: cancel.clone(),
         fatal: AtomicBool::new(false),
+        max_in_flight: plan.max_in_flight,
+        case_left: (Mutex::new(()), std::sync::Condvar::new()),
         cache_hits: AtomicU64::new(0),
         cache_misses: AtomicU64::new(0),
     });
@@ -800,12 +856,15 @@ fn run_with_cases(
     drop(stage_senders);
     drop(sink_senders);
 
-    let in_flight_bound = source_hop.options.workers as u64
+    let queue_bound = source_hop.options.workers as u64
         + stage_hops
             .iter()
             .chain(sink_hops.iter())
             .map(|h| (h.options.queue + h.options.workers) as u64)
             .sum::<u64>();
+    let in_flight_bound = plan
+        .max_in_flight
+        .map_or(queue_bound, |max| max.min(queue_bound));
 
     let finish_errors: Mutex<Vec<CaseFailure>> = Mutex::new(Vec::new());
     let finish = |hop: &Hop, result: Result<(), StageError>| {
@@ -880,8 +939,11 @@ fn run_with_cases(
                                 if state.cancel.load(Ordering::SeqCst) {
                                     continue;
                                 }
+                                let Some(now) = state.enter() else {
+                                    continue;
+                                };
                                 hop.counters.received.fetch_add(1, Ordering::Relaxed);
-                                let token = InFlightToken::new(state.clone());
+                                let token = InFlightToken::new(state.clone(), now);
                                 let busy = Instant::now();
                                 let looked_up = catch_unwind(AssertUnwindSafe(|| {
                                     cache_lookup(cache, source, &case)

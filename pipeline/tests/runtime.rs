@@ -205,6 +205,43 @@ fn run(yaml: &str, probe_name: &str) -> RunSummary {
 }
 
 #[test]
+fn max_in_flight_caps_the_cases_in_flight_below_the_queues() {
+    let yaml = "
+max_in_flight: 3
+source:
+  counting: {cases: 30, probe: capped, workers: 2}
+stages:
+  - jitter: {queue: 3, workers: 2}
+  - jitter: {queue: 2}
+sinks:
+  - collect: {probe: capped, sleep_ms: 5, queue: 4}
+";
+    let summary = run(yaml, "capped");
+    assert_eq!(summary.in_flight_bound, 3);
+    assert_eq!(summary.done, 30);
+    // Two source workers reserve slots atomically: never a fourth case, and the slow sink
+    // keeps the cap reached.
+    assert_eq!(summary.peak_in_flight, 3);
+    let outside = probe("capped").peak_live.load(Ordering::SeqCst);
+    assert!(outside <= 3, "test measured {outside} in flight, cap 3");
+}
+
+#[test]
+fn max_in_flight_zero_is_refused() {
+    let registry = registry();
+    let Err(e) = config::parse_str(
+        "max_in_flight: 0\nsource:\n  counting: {cases: 1}\nsinks:\n  - collect: {}\n",
+        Path::new("cap.yaml"),
+        &[],
+        &registry,
+    ) else {
+        panic!("a cap of 0 was accepted");
+    };
+    let e = e.to_string();
+    assert!(e.contains("`max_in_flight` must be at least 1"), "{e}");
+}
+
+#[test]
 fn a_slow_sink_bounds_the_samples_in_flight() {
     let yaml = "
 source:
