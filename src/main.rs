@@ -139,7 +139,6 @@ const EXIT_INVALID: u8 = 2;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
-    mtmed3d_stages::memory::return_large_buffers_to_the_system();
     let cli = Cli::parse();
     let progress = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()

@@ -41,21 +41,6 @@ pub fn advise_huge_pages<T>(buffer: &mut [T]) {
     let _ = buffer;
 }
 
-/// Makes every allocation of 4 MiB or more a mapping of its own, handed back to the system
-/// when freed. glibc otherwise raises that threshold as large blocks are freed (up to 32 MiB),
-/// and blocks under it stay in the heap, which fragments over hundreds of cases: the peak
-/// memory of preprocessing then grew with the number of cases (`benches/cache_memory.sh`: 40
-/// cases against 10, medians 1.10× before, 1.06× with a fixed 4 MiB threshold). Voxel
-/// volumes, label maps and inflate buffers are all above it; zstd's chunk buffers are not.
-/// Call once at the start of a program; a no-op outside glibc.
-pub fn return_large_buffers_to_the_system() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a tunable of the allocator; any value is valid.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
