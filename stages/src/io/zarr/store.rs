@@ -1015,6 +1015,14 @@ impl CaseStore {
         array
             .store_metadata()
             .map_err(|e| StageError::new(format!("array `{name}`: {e}")))?;
+        let expected: usize = shape.iter().product();
+        if values.len() != expected {
+            // The chunk gatherer indexes by the shape: refuse rather than read out of bounds.
+            return Err(StageError::new(format!(
+                "array `{name}`: {} values for the shape {shape:?} ({expected} expected)",
+                values.len()
+            )));
+        }
         if shape.iter().all(|&s| s > 0) {
             let stored = if zarrs::array::ArrayShardedExt::is_sharded(&array) {
                 let subset = ArraySubset::new_with_shape(array_shape);
