@@ -452,11 +452,11 @@ impl CaseInfo {
 /// volume's edge), then encoded and stored. zarrs' whole-array write gathers every chunk
 /// through lists of byte ranges instead; a profile of BraTS-sized cases put that at 8 % of
 /// preprocessing, a quarter of zstd's own time. Chunks go out `threads` at a time.
-fn store_chunks<'a, T>(
+fn store_chunks<T>(
     array: &Array<dyn zarrs::storage::ReadableWritableListableStorageTraits>,
     shape: &[usize],
     fill: T,
-    values: &'a [T],
+    values: &[T],
     threads: usize,
 ) -> Result<(), zarrs::array::ArrayError>
 where
@@ -465,44 +465,39 @@ where
 {
     use rayon::prelude::*;
     let n = shape.len();
-    let grid_shape: Vec<u64> = array.chunk_grid_shape().to_vec();
-    let chunk_of = |indices: &[u64]| -> Result<Vec<usize>, zarrs::array::ArrayError> {
-        Ok(array
-            .chunk_shape(indices)?
-            .iter()
-            .map(|c| c.get() as usize)
-            .collect())
+    let chunk_indices: Vec<Vec<u64>> =
+        ArraySubset::new_with_shape(array.chunk_grid_shape().to_vec())
+            .indices()
+            .into_iter()
+            .map(|i| i.to_vec())
+            .collect();
+    let Some(first) = chunk_indices.first() else {
+        return Ok(());
     };
-    let chunk_indices: Vec<Vec<u64>> = ArraySubset::new_with_shape(grid_shape)
-        .indices()
-        .into_iter()
-        .map(|i| i.to_vec())
-        .collect();
     // Volumes of fewer than three axes are one chunk: store them as they are.
     if n < 3 {
-        return match chunk_indices.first() {
-            Some(first) => array.store_chunk(first, values),
-            None => Ok(()),
-        };
+        return array.store_chunk(first, values);
     }
+    // The grid is regular (see `grid`): every chunk has the first one's shape, leading axes
+    // whole, and edge chunks are stored whole too, padded with `fill`.
+    let chunk: Vec<usize> = array
+        .chunk_shape(first)?
+        .iter()
+        .map(|c| c.get() as usize)
+        .collect();
     let lead: usize = shape[..n - 3].iter().product();
     let [sx, sy, sz] = [shape[n - 3], shape[n - 2], shape[n - 1]];
+    let [cx, cy, cz] = [chunk[n - 3], chunk[n - 2], chunk[n - 1]];
     let write_group = |group: &[Vec<u64>]| -> Result<(), zarrs::array::ArrayError> {
-        let mut buffer: Vec<T> = Vec::new();
+        let mut buffer: Vec<T> = vec![fill; lead * cx * cy * cz];
         let one = CodecOptions::default().with_concurrent_target(1);
         for indices in group {
-            let chunk = chunk_of(indices)?;
-            let [cx, cy, cz] = [chunk[n - 3], chunk[n - 2], chunk[n - 1]];
-            // Leading axes are whole in every chunk (see `grid`).
-            let start: Vec<usize> = indices[n - 3..]
-                .iter()
-                .zip([cx, cy, cz])
-                .map(|(&i, c)| i as usize * c)
-                .collect();
-            let [x0, y0, z0] = [start[0], start[1], start[2]];
+            let [x0, y0, z0] = [0, 1, 2].map(|a| indices[n - 3 + a] as usize * [cx, cy, cz][a]);
             let (nx, ny, nz) = (cx.min(sx - x0), cy.min(sy - y0), cz.min(sz - z0));
-            buffer.clear();
-            buffer.resize(lead * cx * cy * cz, fill);
+            // Only a chunk past the volume's edge has voxels no row below overwrites.
+            if (nx, ny, nz) != (cx, cy, cz) {
+                buffer.fill(fill);
+            }
             for l in 0..lead {
                 for x in 0..nx {
                     for y in 0..ny {
@@ -516,7 +511,7 @@ where
         }
         Ok(())
     };
-    let threads = threads.clamp(1, chunk_indices.len().max(1));
+    let threads = threads.clamp(1, chunk_indices.len());
     if threads == 1 {
         write_group(&chunk_indices)
     } else {
