@@ -21,6 +21,7 @@
 pub mod balance;
 pub mod checkpoint;
 pub mod config;
+pub mod conv;
 pub mod decoder;
 pub mod encoder;
 pub mod error;

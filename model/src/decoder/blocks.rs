@@ -1,5 +1,6 @@
 //! Residual and up-sampling blocks of the segmentation decoder (MONAI `UnetResBlock`, `UnetrUpBlock`).
 
+use crate::conv::conv3d;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
@@ -72,12 +73,12 @@ impl<B: Backend> ResBlock<B> {
     /// `[B, in, D, H, W] -> [B, out, D, H, W]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let residual = match (&self.conv3, &self.norm3) {
-            (Some(conv), Some(norm)) => norm.forward(conv.forward(x.clone())),
+            (Some(conv), Some(norm)) => norm.forward(conv3d(conv, x.clone())),
             _ => x.clone(),
         };
-        let y = self.norm1.forward(self.conv1.forward(x));
+        let y = self.norm1.forward(conv3d(&self.conv1, x));
         let y = leaky_relu(y, LEAKY_SLOPE);
-        let y = self.norm2.forward(self.conv2.forward(y));
+        let y = self.norm2.forward(conv3d(&self.conv2, y));
         leaky_relu(y + residual, LEAKY_SLOPE)
     }
 }

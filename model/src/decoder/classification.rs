@@ -3,6 +3,7 @@
 //! burn 0.21 has no 3D pooling: the stem's 3³/2 max pool and the transitions' 2³ average pools come from
 //! [`crate::ops`].
 
+use crate::conv::conv3d;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{
@@ -57,8 +58,8 @@ pub struct DenseLayer<B: Backend> {
 impl<B: Backend> DenseLayer<B> {
     /// `[B, C, ..] -> [B, C + growth, ..]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let y = self.conv1.forward(relu(self.norm1.forward(x.clone())));
-        let y = self.conv2.forward(relu(self.norm2.forward(y)));
+        let y = conv3d(&self.conv1, relu(self.norm1.forward(x.clone())));
+        let y = conv3d(&self.conv2, relu(self.norm2.forward(y)));
         Tensor::cat(vec![x, y], 1)
     }
 }
@@ -75,7 +76,7 @@ pub struct Transition<B: Backend> {
 impl<B: Backend> Transition<B> {
     /// `[B, C, D, H, W] -> [B, C/2, D/2, H/2, W/2]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        avg_pool3d_2(self.conv.forward(relu(self.norm.forward(x))))
+        avg_pool3d_2(conv3d(&self.conv, relu(self.norm.forward(x))))
     }
 }
 
@@ -178,7 +179,7 @@ impl<B: Backend> ClassificationDecoder<B> {
 
     /// `[B, in, D, H, W]` → class logits `[B, classes]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 2> {
-        let x = self.conv0.forward(x); // [B, 64, D/2, ..]
+        let x = conv3d(&self.conv0, x); // [B, 64, D/2, ..]
         let x = relu(self.norm0.forward(x));
         let mut x = max_pool3d(x, 3, 2, 1); // [B, 64, D/4, ..]
         for stage in &self.stages {

@@ -1,6 +1,7 @@
 //! SwinUNETR segmentation decoder: residual blocks on the image and every encoder output, five up blocks,
 //! a 1×1 output convolution producing TC/WT/ET logits.
 
+use crate::conv::conv3d;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::tensor::Tensor;
@@ -75,6 +76,6 @@ impl<B: Backend> SegmentationDecoder<B> {
         let dec1 = self.decoder3.forward(dec2, enc2); // [B, 2f, D/4, ..]
         let dec0 = self.decoder2.forward(dec1, enc1); // [B, f, D/2, ..]
         let out = self.decoder1.forward(dec0, enc0); // [B, f, D, H, W]
-        self.out.forward(out) // [B, out, D, H, W]
+        conv3d(&self.out, out) // [B, out, D, H, W]
     }
 }

@@ -1,5 +1,6 @@
 //! The shared 3D Swin Transformer encoder (MONAI 1.3.0 `SwinTransformer`, as the reference uses it).
 
+use crate::conv::conv3d;
 use burn::module::Module;
 use burn::nn::PaddingConfig3d;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
@@ -114,7 +115,7 @@ impl SwinConfig {
 impl<B: Backend> SwinEncoder<B> {
     /// `[B, in, D, H, W]` → five feature maps (see [`EncoderFeatures`]).
     pub fn forward(&self, x: Tensor<B, 5>) -> EncoderFeatures<B> {
-        let x0 = self.patch_embed.forward(x); // [B, C, D/2, H/2, W/2]
+        let x0 = conv3d(&self.patch_embed, x); // [B, C, D/2, H/2, W/2]
         let x1 = self.stages[0].forward(x0.clone()); // [B, 2C, D/4, ..]
         let x2 = self.stages[1].forward(x1.clone()); // [B, 4C, D/8, ..]
         let x3 = self.stages[2].forward(x2.clone()); // [B, 8C, D/16, ..]
@@ -127,7 +128,7 @@ impl<B: Backend> SwinEncoder<B> {
     /// Forward up to the input of the last shared layer (the stage-4 merging projection): the first four
     /// outputs and the normalised `8C` concatenation `u`, channels last, with `hs4 = project_out(u · W)`.
     pub fn forward_until_last_layer(&self, x: Tensor<B, 5>) -> ([Tensor<B, 5>; 4], Tensor<B, 5>) {
-        let x0 = self.patch_embed.forward(x);
+        let x0 = conv3d(&self.patch_embed, x);
         let x1 = self.stages[0].forward(x0.clone());
         let x2 = self.stages[1].forward(x1.clone());
         let x3 = self.stages[2].forward(x2.clone());

@@ -1,5 +1,6 @@
 //! RetinaNet classification and box-regression heads, shared across pyramid levels.
 
+use crate::conv::conv3d;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig3d};
@@ -63,9 +64,9 @@ impl<B: Backend> Head<B> {
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 3> {
         let mut x = x;
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            x = relu(norm.forward(conv.forward(x)));
+            x = relu(norm.forward(conv3d(conv, x)));
         }
-        let y = self.predict.forward(x); // [B, A·K, D, H, W]
+        let y = conv3d(&self.predict, x); // [B, A·K, D, H, W]
         let [b, ak, d, h, w] = y.dims();
         let k = self.outputs_per_anchor;
         y.reshape([b, ak / k, k, d, h, w])

@@ -4,6 +4,7 @@
 //! The reference's "PANet" downsamples by taking every other voxel and re-applies the FPN's output
 //! convolutions; here the bottom-up path has its own stride-2 convolutions and output convolutions.
 
+use crate::conv::conv3d;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{Initializer, PaddingConfig3d};
@@ -73,24 +74,24 @@ impl<B: Backend> PanNeck<B> {
         let laterals: Vec<_> = features
             .into_iter()
             .zip(&self.lateral)
-            .map(|(f, conv)| conv.forward(f)) // [B, F, size_i]
+            .map(|(f, conv)| conv3d(conv, f)) // [B, F, size_i]
             .collect();
 
         // top-down: inner_i = lateral_i + up(inner_{i+1}); P_i = conv3³(inner_i)
         let mut inner = laterals[levels - 1].clone();
-        let mut p = vec![self.fpn_out[levels - 1].forward(inner.clone())];
+        let mut p = vec![conv3d(&self.fpn_out[levels - 1], inner.clone())];
         for i in (0..levels - 1).rev() {
             let [_, _, d, h, w] = laterals[i].dims();
             inner = laterals[i].clone() + upsample_nearest_to(inner, [d, h, w]);
-            p.push(self.fpn_out[i].forward(inner.clone()));
+            p.push(conv3d(&self.fpn_out[i], inner.clone()));
         }
         p.reverse(); // fine to coarse
 
         // bottom-up: N_0 = P_0; N_{i+1} = ReLU(conv3³(P_{i+1} + ReLU(conv3³/2(N_i))))
         let mut n = vec![p[0].clone()];
         for i in 0..levels - 1 {
-            let down = relu(self.downsample[i].forward(n[i].clone())); // [B, F, size_{i+1}]
-            n.push(relu(self.pan_out[i].forward(p[i + 1].clone() + down)));
+            let down = relu(conv3d(&self.downsample[i], n[i].clone())); // [B, F, size_{i+1}]
+            n.push(relu(conv3d(&self.pan_out[i], p[i + 1].clone() + down)));
         }
         n
     }
