@@ -22,20 +22,19 @@
 //! [`conv3d`] uses this for burn's `Flex` and `Autodiff<Flex>` and falls back to burn's own
 //! convolution on every other backend (CUDA) and for grouped or "same"-padded convolutions.
 
-use std::any::Any;
-
 use burn::nn::PaddingConfig3d;
 use burn::nn::conv::Conv3d;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv3d as burn_conv3d;
 use burn::tensor::ops::{ConvOptions, ModuleOps};
-use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_flex::{FlexTensor, Layout};
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::cpu::{cast, dims, flex, recast};
 use crate::{CpuAutodiff, CpuBackend};
 
 /// Applies a burn `Conv3d` module to `x`, through the tiled kernels here on the CPU backend.
@@ -88,22 +87,6 @@ pub fn conv3d_tensors<B: Backend>(
     };
     let (x, weight, bias) = args;
     burn_conv3d(x, weight, bias, options)
-}
-
-/// `value` as a `U` when `T` is `U`, or back unchanged.
-fn cast<T: Any, U: Any>(value: T) -> Result<U, T> {
-    let boxed: Box<dyn Any> = Box::new(value);
-    match boxed.downcast::<U>() {
-        Ok(u) => Ok(*u),
-        Err(boxed) => Err(*boxed
-            .downcast::<T>()
-            .unwrap_or_else(|_| unreachable!("a box holds the type it was made from"))),
-    }
-}
-
-/// A result computed for a concrete backend, handed back as the caller's type (which it is).
-fn recast<T: Any, U: Any>(value: T) -> U {
-    cast(value).unwrap_or_else(|_| unreachable!("called only when the backend types are equal"))
 }
 
 /// Sizes of one convolution.
@@ -449,19 +432,6 @@ pub fn bias_gradient(grad: &[f32], g: &Geometry) -> Vec<f32> {
     total
 }
 
-fn dims5(t: &FlexTensor) -> [usize; 5] {
-    let s = t.layout().shape();
-    [s[0], s[1], s[2], s[3], s[4]]
-}
-
-fn flex(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(values),
-        Layout::contiguous(Shape::from(shape)),
-        DType::F32,
-    )
-}
-
 /// The forward convolution on `Flex` tensors; burn's own for what [`Geometry`] does not cover.
 fn forward_primitive(
     x: FlexTensor,
@@ -469,7 +439,7 @@ fn forward_primitive(
     bias: Option<&FlexTensor>,
     options: &ConvOptions<3>,
 ) -> FlexTensor {
-    let geometry = Geometry::new(dims5(&x), dims5(weight), options);
+    let geometry = Geometry::new(dims::<5>(&x), dims::<5>(weight), options);
     let (Some(g), DType::F32) = (geometry, x.dtype()) else {
         return CpuBackend::conv3d(x, weight.clone(), bias.cloned(), options.clone());
     };
@@ -499,12 +469,12 @@ impl Conv3dBackward {
             weight.to_contiguous(),
             grad.to_contiguous(),
         );
-        let Some(g) = Geometry::new(dims5(&x), dims5(&weight), &options) else {
+        let Some(g) = Geometry::new(dims::<5>(&x), dims::<5>(&weight), &options) else {
             unreachable!("the forward pass accepted this geometry")
         };
         let input = wants[0].then(|| {
             match input_gradient(weight.storage::<f32>(), grad.storage::<f32>(), &g) {
-                Some(values) => flex(values, dims5(&x).to_vec()),
+                Some(values) => flex(values, dims::<5>(&x).to_vec()),
                 None => CpuBackend::conv3d_x_backward(
                     x.clone(),
                     weight.clone(),
@@ -516,7 +486,7 @@ impl Conv3dBackward {
         let weight_grad = wants[1].then(|| {
             flex(
                 weight_gradient(x.storage::<f32>(), grad.storage::<f32>(), &g),
-                dims5(&weight).to_vec(),
+                dims::<5>(&weight).to_vec(),
             )
         });
         let bias = wants[2].then(|| {
@@ -570,7 +540,11 @@ fn autodiff_conv3d(
     let x = x.into_primitive().tensor();
     let weight = weight.into_primitive().tensor();
     let bias = bias.map(|b| b.into_primitive().tensor());
-    let geometry = Geometry::new(dims5(&x.primitive), dims5(&weight.primitive), &options);
+    let geometry = Geometry::new(
+        dims::<5>(&x.primitive),
+        dims::<5>(&weight.primitive),
+        &options,
+    );
     if geometry.is_none() || x.primitive.dtype() != DType::F32 {
         let out = <CpuAutodiff as ModuleOps<CpuAutodiff>>::conv3d(x, weight, bias, options);
         return Tensor::from_primitive(TensorPrimitive::Float(out));

@@ -18,10 +18,12 @@
 //! Backends: [`CpuBackend`] is burn's pure-Rust `flex` backend; with the `cuda` feature, [`CudaBackend`] is
 //! burn's CUDA backend. Training uses `burn::backend::Autodiff` over either.
 
+pub mod attention_softmax;
 pub mod balance;
 pub mod checkpoint;
 pub mod config;
 pub mod conv;
+mod cpu;
 pub mod decoder;
 pub mod encoder;
 pub mod error;

@@ -4,10 +4,10 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::Tensor;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 
 use super::window::bias_index;
+use crate::attention_softmax::attention_softmax;
 
 /// Window attention settings.
 #[derive(Config, Debug)]
@@ -88,7 +88,7 @@ impl<B: Backend> WindowAttention<B> {
         let k = qkv.clone().narrow(0, 1, 1).squeeze_dim::<4>(0);
         let v = qkv.narrow(0, 2, 1).squeeze_dim::<4>(0);
 
-        let mut attn = q.matmul(k.swap_dims(2, 3)); // [B·nW, heads, N, N]
+        let attn = q.matmul(k.swap_dims(2, 3)); // [B·nW, heads, N, N]
 
         let index = bias_index::<B>(
             ws,
@@ -101,17 +101,8 @@ impl<B: Backend> WindowAttention<B> {
             .val()
             .select(0, index) // [N·N, heads]
             .reshape([n, n, heads])
-            .permute([2, 0, 1]) // [heads, N, N]
-            .unsqueeze_dim::<4>(0);
-        attn = attn + bias;
-
-        if let Some(mask) = mask {
-            let nw = mask.dims()[0];
-            let masked = attn.reshape([bw / nw, nw, heads, n, n])
-                + mask.unsqueeze_dim::<4>(1).unsqueeze_dim::<5>(0);
-            attn = masked.reshape([bw, heads, n, n]);
-        }
-        let attn = softmax(attn, 3);
+            .permute([2, 0, 1]); // [heads, N, N]
+        let attn = attention_softmax(attn, bias, mask);
 
         let out = attn
             .matmul(v) // [B·nW, heads, N, hd]
