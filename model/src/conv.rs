@@ -205,53 +205,105 @@ fn valid_range(
     (lo, hi, (lo * stride + offset).saturating_sub(padding))
 }
 
-/// Fills `col` (`col_rows × rows·Wo`) with the input under output rows `first..first + rows` of
-/// one batch item's input `x` (`Cin × D × H × W`).
-fn fill_col(col: &mut [f32], x: &[f32], g: &Geometry, first: usize, rows: usize) {
+/// One output row's stretch of a `col` row: the output positions `lo..hi` of the row read the input
+/// row at `input` (offset in the batch item's input), from column `first_w` at the stride; the
+/// positions outside `lo..hi`, and the whole row when `input` is `None`, read padding.
+struct Segment {
+    input: Option<usize>,
+    lo: usize,
+    hi: usize,
+    first_w: usize,
+}
+
+/// Walks a tile's `col` matrix (`col_rows × rows·Wo`, rows of output `first..first + rows`): calls
+/// `visit(col_row, output_row_in_tile, segment)` for every input channel and kernel offset (the
+/// `col` row) and every output row of the tile.
+fn walk_tile(
+    g: &Geometry,
+    first: usize,
+    rows: usize,
+    mut visit: impl FnMut(usize, usize, Segment),
+) {
     let [d, h, w] = g.input;
     let [kd, kh, kw] = g.kernel;
-    let [ho, wo] = [g.output[1], g.output[2]];
-    let width = rows * wo;
-    let mut segments = col.chunks_exact_mut(width);
-    for channel in x.chunks_exact(d * h * w).take(g.channels_in) {
+    let ho = g.output[1];
+    let volume = d * h * w;
+    let mut col_row = 0;
+    for channel in 0..g.channels_in {
         for a in 0..kd {
             for b in 0..kh {
                 for c in 0..kw {
-                    let Some(segment) = segments.next() else {
-                        return;
-                    };
                     let offset_w = c * g.dilation[2];
-                    let (lo, hi, first_w) = valid_range(wo, w, g.stride[2], g.padding[2], offset_w);
-                    for (r, out) in (first..first + rows).zip(segment.chunks_exact_mut(wo)) {
+                    let (lo, hi, first_w) =
+                        valid_range(g.output[2], w, g.stride[2], g.padding[2], offset_w);
+                    for (slot, r) in (first..first + rows).enumerate() {
                         let (od, oh) = (r / ho, r % ho);
                         let id = (od * g.stride[0] + a * g.dilation[0]).checked_sub(g.padding[0]);
                         let ih = (oh * g.stride[1] + b * g.dilation[1]).checked_sub(g.padding[1]);
-                        let (Some(id), Some(ih)) = (id, ih) else {
-                            out.fill(0.0);
-                            continue;
-                        };
-                        if id >= d || ih >= h || lo == hi {
-                            out.fill(0.0);
-                            continue;
-                        }
-                        let row = &channel[(id * h + ih) * w..][..w];
-                        out[..lo].fill(0.0);
-                        out[hi..].fill(0.0);
-                        if g.stride[2] == 1 {
-                            out[lo..hi].copy_from_slice(&row[first_w..first_w + hi - lo]);
-                        } else {
-                            for (o, v) in out[lo..hi]
-                                .iter_mut()
-                                .zip(row[first_w..].iter().step_by(g.stride[2]))
-                            {
-                                *o = *v;
+                        let input = match (id, ih) {
+                            (Some(id), Some(ih)) if id < d && ih < h && lo < hi => {
+                                Some(channel * volume + (id * h + ih) * w)
                             }
-                        }
+                            _ => None,
+                        };
+                        visit(
+                            col_row,
+                            slot,
+                            Segment {
+                                input,
+                                lo,
+                                hi,
+                                first_w,
+                            },
+                        );
                     }
+                    col_row += 1;
                 }
             }
         }
     }
+}
+
+/// Fills `col` (`col_rows × rows·Wo`) with the input under output rows `first..first + rows` of
+/// one batch item's input `x` (`Cin × D × H × W`): the gather of im2col.
+fn fill_col(col: &mut [f32], x: &[f32], g: &Geometry, first: usize, rows: usize) {
+    let [w, wo, stride] = [g.input[2], g.output[2], g.stride[2]];
+    let width = rows * wo;
+    walk_tile(g, first, rows, |col_row, slot, s| {
+        let out = &mut col[col_row * width + slot * wo..][..wo];
+        let Some(input) = s.input else {
+            out.fill(0.0);
+            return;
+        };
+        let row = &x[input..][..w];
+        out[..s.lo].fill(0.0);
+        out[s.hi..].fill(0.0);
+        if stride == 1 {
+            out[s.lo..s.hi].copy_from_slice(&row[s.first_w..s.first_w + s.hi - s.lo]);
+        } else {
+            let values = row[s.first_w..].iter().step_by(stride);
+            out[s.lo..s.hi]
+                .iter_mut()
+                .zip(values)
+                .for_each(|(o, v)| *o = *v);
+        }
+    });
+}
+
+/// Adds `col` back onto the input positions it was gathered from (`x`: one batch item's
+/// `Cin × D × H × W`): the scatter of col2im, which the input gradient of a strided convolution is.
+fn scatter_col(col: &[f32], x: &mut [f32], g: &Geometry, first: usize, rows: usize) {
+    let [w, wo, stride] = [g.input[2], g.output[2], g.stride[2]];
+    let width = rows * wo;
+    walk_tile(g, first, rows, |col_row, slot, s| {
+        let Some(input) = s.input else {
+            return;
+        };
+        let values = &col[col_row * width + slot * wo..][s.lo..s.hi];
+        let row = &mut x[input..][..w];
+        let targets = row[s.first_w..].iter_mut().step_by(stride);
+        targets.zip(values).for_each(|(t, v)| *t += v);
+    });
 }
 
 /// A pointer shared by workers that write disjoint parts of one buffer.
@@ -402,11 +454,22 @@ pub fn weight_gradient(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
     total
 }
 
-/// The gradient of the input, `N × Cin × D × H × W`, for stride-1 convolutions; `None` otherwise.
-pub fn input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Option<Vec<f32>> {
-    let transposed = g.input_gradient()?;
+/// The gradient of the input, `N × Cin × D × H × W`.
+///
+/// At stride 1 it is a forward convolution of `grad` with the flipped, transposed kernel. Otherwise
+/// each tile's `col` gradient, `wᵀ · grad_tile`, is scattered back onto the input positions it
+/// came from; tiles overlap there, so each worker adds into an input-sized buffer of its own,
+/// and the buffers are summed in order.
+pub fn input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
+    match g.input_gradient() {
+        Some(transposed) => forward(grad, &flipped_transposed(weight, g), None, &transposed),
+        None => scattered_input_gradient(weight, grad, g),
+    }
+}
+
+/// `w'[ci, co, k'] = w[co, ci, K−1−k']`: the kernel flipped along all three axes, channels swapped.
+fn flipped_transposed(weight: &[f32], g: &Geometry) -> Vec<f32> {
     let k = g.kernel_volume();
-    // w'[ci, co, k'] = w[co, ci, K−1−k']: the kernel flipped along all three axes.
     let mut flipped = vec![0f32; weight.len()];
     for co in 0..g.channels_out {
         for ci in 0..g.channels_in {
@@ -417,7 +480,72 @@ pub fn input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Option<Vec<
                 .for_each(|(d, s)| *d = *s);
         }
     }
-    Some(forward(grad, &flipped, None, &transposed))
+    flipped
+}
+
+fn scattered_input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
+    let (cols, out_volume) = (g.col_rows(), g.output_volume());
+    let in_volume = g.channels_in * g.input_volume();
+    assert_eq!(
+        grad.len(),
+        g.batch * g.channels_out * out_volume,
+        "gradient length"
+    );
+    let tiles = g.tiles();
+    let workers = rayon::current_num_threads().min(tiles.len()).max(1);
+    let wo = g.output[2];
+    let partials: Vec<Vec<f32>> = tiles
+        .chunks(tiles.len().div_ceil(workers))
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|group| {
+            let mut acc = vec![0f32; g.batch * in_volume];
+            let mut col = Vec::new();
+            for &(n, first, rows) in group {
+                let width = rows * wo;
+                col.resize(cols * width, 0.0);
+                let rhs = grad[n * g.channels_out * out_volume + first * wo..].as_ptr();
+                // SAFETY: dst `col` is `cols × width` row-major; lhs is `wᵀ`, `cols × Cout`
+                // (column stride `cols`); rhs `Cout × width` with row stride `out_volume`.
+                unsafe {
+                    gemm::gemm(
+                        cols,
+                        width,
+                        g.channels_out,
+                        col.as_mut_ptr(),
+                        1,
+                        width as isize,
+                        false,
+                        weight.as_ptr(),
+                        cols as isize,
+                        1,
+                        rhs,
+                        1,
+                        out_volume as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                scatter_col(&col, &mut acc[n * in_volume..][..in_volume], g, first, rows);
+            }
+            acc
+        })
+        .collect();
+    sum_in_order(partials, g.batch * in_volume)
+}
+
+/// The element-wise sum of per-worker buffers, in their order (results independent of scheduling).
+fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
+    for partial in partials {
+        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
+    }
+    total
 }
 
 /// The gradient of the bias: the output gradient summed over batch and space.
@@ -473,15 +601,10 @@ impl Conv3dBackward {
             unreachable!("the forward pass accepted this geometry")
         };
         let input = wants[0].then(|| {
-            match input_gradient(weight.storage::<f32>(), grad.storage::<f32>(), &g) {
-                Some(values) => flex(values, dims::<5>(&x).to_vec()),
-                None => CpuBackend::conv3d_x_backward(
-                    x.clone(),
-                    weight.clone(),
-                    grad.clone(),
-                    options.clone(),
-                ),
-            }
+            flex(
+                input_gradient(weight.storage::<f32>(), grad.storage::<f32>(), &g),
+                dims::<5>(&x).to_vec(),
+            )
         });
         let weight_grad = wants[1].then(|| {
             flex(

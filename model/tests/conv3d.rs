@@ -176,6 +176,8 @@ fn dilated_and_padded_wider_than_the_kernel() {
         ..case([3, 3], [9, 8, 10], 3, 1, 2)
     });
     check(&case([2, 3], [4, 5, 3], 3, 1, 2));
+    // Padding beyond the kernel's reach: the input gradient goes through the scatter.
+    check(&case([2, 3], [4, 5, 3], 1, 1, 1));
 }
 
 #[test]
