@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 
 use super::window::bias_index;
 use crate::attention_softmax::attention_softmax;
+use crate::ops::linear;
 
 /// Window attention settings.
 #[derive(Config, Debug)]
@@ -75,9 +76,7 @@ impl<B: Backend> WindowAttention<B> {
         let head_dim = c / heads;
         let scale = (head_dim as f64).powf(-0.5);
 
-        let qkv = self
-            .qkv
-            .forward(x) // [B·nW, N, 3C]
+        let qkv = linear(&self.qkv, x) // [B·nW, N, 3C]
             .reshape([bw, n, 3, heads, head_dim])
             .permute([2, 0, 3, 1, 4]); // [3, B·nW, heads, N, hd]
         let q = qkv
@@ -108,6 +107,6 @@ impl<B: Backend> WindowAttention<B> {
             .matmul(v) // [B·nW, heads, N, hd]
             .swap_dims(1, 2)
             .reshape([bw, n, c]);
-        self.proj.forward(out)
+        linear(&self.proj, out)
     }
 }

@@ -11,6 +11,7 @@ use burn::tensor::ops::PadMode;
 
 use super::attention::{WindowAttention, WindowAttentionConfig};
 use super::window::{effective_window, window_partition, window_reverse};
+use crate::ops::linear;
 
 /// Swin block settings.
 #[derive(Config, Debug)]
@@ -49,7 +50,7 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[.., dim] -> [.., dim]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.linear2.forward(gelu(self.linear1.forward(x)))
+        linear(&self.linear2, gelu(linear(&self.linear1, x)))
     }
 }
 

@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::PadMode;
 
 use crate::config::PatchMergingMode;
+use crate::ops::linear;
 
 /// Offsets (d, h, w) of the eight slices the legacy merging concatenates: MONAI's `"merging"` repeats
 /// 010 and 001 and never takes 011 and 110.
@@ -76,7 +77,7 @@ impl<B: Backend> PatchMerging<B> {
     /// `[B, D, H, W, C] -> [B, ⌈D/2⌉, ⌈H/2⌉, ⌈W/2⌉, 2C]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let gathered = self.gather(x); // [B, D/2, H/2, W/2, 8C]
-        self.reduction.forward(self.norm.forward(gathered))
+        linear(&self.reduction, self.norm.forward(gathered))
     }
 
     /// The normalised `8C` concatenation fed to the projection (GradNorm measures gradients of the
