@@ -21,7 +21,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::cpu::{cast, dims, flex, recast};
+use crate::cpu::{cast, dims, flex, recast, zeroed};
 use crate::{CpuAutodiff, CpuBackend};
 
 /// `softmax(scores + bias + mask)` over the last axis.
@@ -94,7 +94,7 @@ impl Sizes {
 /// `softmax(scores + bias[h] + mask[w])` row by row.
 fn forward(scores: &[f32], bias: &[f32], mask: Option<&[f32]>, s: Sizes) -> Vec<f32> {
     let block = s.n * s.n;
-    let mut out = vec![0f32; scores.len()];
+    let mut out = zeroed(scores.len());
     out.par_chunks_mut(block)
         .zip(scores.par_chunks(block))
         .enumerate()
@@ -133,7 +133,7 @@ fn forward(scores: &[f32], bias: &[f32], mask: Option<&[f32]>, s: Sizes) -> Vec<
 /// The gradients of the scores and of the bias from the softmax output `y` and its gradient `g`.
 fn backward(y: &[f32], g: &[f32], s: Sizes, want_bias: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let block = s.n * s.n;
-    let mut scores = vec![0f32; y.len()];
+    let mut scores = zeroed(y.len());
     scores
         .par_chunks_mut(s.n)
         .zip(y.par_chunks(s.n).zip(g.par_chunks(s.n)))

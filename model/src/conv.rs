@@ -38,7 +38,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::cpu::{cast, dims, flex, recast};
+use crate::cpu::{cast, dims, flex, recast, zeroed};
 use crate::{CpuAutodiff, CpuBackend};
 
 /// Applies a burn `Conv3d` module to `x`, through the tiled kernels here on the CPU backend.
@@ -332,7 +332,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
     let in_volume = g.channels_in * g.input_volume();
     assert_eq!(x.len(), g.batch * in_volume, "input length");
     assert_eq!(weight.len(), g.channels_out * cols, "weight length");
-    let mut out = vec![0f32; g.batch * g.channels_out * out_volume];
+    let mut out = zeroed(g.batch * g.channels_out * out_volume);
     let shared = SharedMut(out.as_mut_ptr());
     let wo = g.output[2];
     g.tiles()
@@ -503,7 +503,7 @@ fn scattered_input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|group| {
-            let mut acc = vec![0f32; g.batch * in_volume];
+            let mut acc = zeroed(g.batch * in_volume);
             let mut col = Vec::new();
             for &(n, first, rows) in group {
                 let width = rows * wo;

@@ -31,6 +31,40 @@ pub(crate) fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
     std::array::from_fn(|i| shape[i])
 }
 
+/// A zeroed buffer for a kernel's output, marked for transparent huge pages.
+///
+/// Outputs here reach hundreds of megabytes (the first Swin stage's attention matrix is 485 MB)
+/// and are fresh memory every step: at 4 KiB a page, faulting them in was most of the fused
+/// softmax's time in a profile. Marked buffers fault in 2 MiB at a time where the system allows
+/// it (Linux with THP `madvise` or `always`). The pipeline's voxel buffers do the same
+/// (`mtmed3d-stages`' `memory` module); this crate depends on no pipeline crate, hence its own.
+pub(crate) fn zeroed(len: usize) -> Vec<f32> {
+    // One calloc: no pass of its own over the memory.
+    let mut buffer = vec![0f32; len];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE_PAGE: usize = 2 << 20;
+        let start = buffer.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(buffer.as_slice());
+        let (first, last) = (
+            start.next_multiple_of(HUGE_PAGE),
+            end / HUGE_PAGE * HUGE_PAGE,
+        );
+        if last > first {
+            // SAFETY: [first, last) lies inside the buffer's allocation; MADV_HUGEPAGE changes
+            // only how its pages are backed, never their contents.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    buffer
+}
+
 /// A contiguous `f32` tensor holding `values`.
 pub(crate) fn flex(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::new(
