@@ -21,7 +21,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::cpu::{cast, dims, flex, recast, zeroed};
+use crate::cpu::{cast, dims, flex, recast};
 use crate::{CpuAutodiff, CpuBackend};
 
 /// `softmax(scores + bias + mask)` over the last axis.
@@ -44,7 +44,7 @@ pub fn attention_softmax<B: Backend>(
             let scores = scores.into_primitive().tensor();
             let bias = bias.into_primitive().tensor();
             let mask = mask.map(|m| m.into_primitive().tensor());
-            let out = forward_primitive(&scores, &bias, mask.as_ref());
+            let out = forward_primitive(scores, &bias, mask.as_ref());
             return recast(Tensor::<CpuBackend, 4>::from_primitive(
                 TensorPrimitive::Float(out),
             ));
@@ -91,14 +91,13 @@ impl Sizes {
     }
 }
 
-/// `softmax(scores + bias[h] + mask[w])` row by row.
-fn forward(scores: &[f32], bias: &[f32], mask: Option<&[f32]>, s: Sizes) -> Vec<f32> {
+/// `softmax(scores + bias[h] + mask[w])` row by row, in place.
+fn forward(values: &mut [f32], bias: &[f32], mask: Option<&[f32]>, s: Sizes) {
     let block = s.n * s.n;
-    let mut out = zeroed(scores.len());
-    out.par_chunks_mut(block)
-        .zip(scores.par_chunks(block))
+    values
+        .par_chunks_mut(block)
         .enumerate()
-        .for_each(|(index, (out, scores))| {
+        .for_each(|(index, out)| {
             // Blocks run (batch item, window, head), head fastest.
             let head = index % s.heads;
             let window = (index / s.heads) % s.windows;
@@ -107,13 +106,9 @@ fn forward(scores: &[f32], bias: &[f32], mask: Option<&[f32]>, s: Sizes) -> Vec<
             for i in 0..s.n {
                 let row = i * s.n..(i + 1) * s.n;
                 let out = &mut out[row.clone()];
-                for ((o, &x), &b) in out
-                    .iter_mut()
-                    .zip(&scores[row.clone()])
+                out.iter_mut()
                     .zip(&bias[row.clone()])
-                {
-                    *o = x + b;
-                }
+                    .for_each(|(o, &b)| *o += b);
                 if let Some(mask) = mask {
                     out.iter_mut().zip(&mask[row]).for_each(|(o, &m)| *o += m);
                 }
@@ -127,25 +122,22 @@ fn forward(scores: &[f32], bias: &[f32], mask: Option<&[f32]>, s: Sizes) -> Vec<
                 out.iter_mut().for_each(|o| *o *= inverse);
             }
         });
-    out
 }
 
-/// The gradients of the scores and of the bias from the softmax output `y` and its gradient `g`.
-fn backward(y: &[f32], g: &[f32], s: Sizes, want_bias: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+/// The gradient of the scores, written over the softmax output's gradient `g`, and that of the
+/// bias, from the softmax output `y`.
+fn backward(y: &[f32], g: &mut [f32], s: Sizes, want_bias: bool) -> Option<Vec<f32>> {
     let block = s.n * s.n;
-    let mut scores = zeroed(y.len());
-    scores
-        .par_chunks_mut(s.n)
-        .zip(y.par_chunks(s.n).zip(g.par_chunks(s.n)))
-        .for_each(|(out, (y, g))| {
-            let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-            for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
-                *o = y * (g - dot);
-            }
+    g.par_chunks_mut(s.n)
+        .zip(y.par_chunks(s.n))
+        .for_each(|(g, y)| {
+            let dot: f32 = y.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+            g.iter_mut().zip(y).for_each(|(g, &y)| *g = y * (*g - dot));
         });
+    let scores: &[f32] = g;
     // The bias is shared by every window and batch item: sum their gradients per head, in
     // block order (independent of scheduling).
-    let bias = want_bias.then(|| {
+    want_bias.then(|| {
         let blocks = scores.len() / block;
         let per_head: Vec<Vec<f32>> = (0..s.heads)
             .into_par_iter()
@@ -159,18 +151,19 @@ fn backward(y: &[f32], g: &[f32], s: Sizes, want_bias: bool) -> (Vec<f32>, Optio
             })
             .collect();
         per_head.concat()
-    });
-    (scores, bias)
+    })
 }
 
+/// The fused softmax on `Flex` tensors, written over `scores` when nothing else holds them (the
+/// attention matrix is fresh memory otherwise, hundreds of megabytes of page faults per step).
 fn forward_primitive(
-    scores: &FlexTensor,
+    scores: FlexTensor,
     bias: &FlexTensor,
     mask: Option<&FlexTensor>,
 ) -> FlexTensor {
-    let shape = dims::<4>(scores);
+    let shape = dims::<4>(&scores);
     let sizes = Sizes::new(shape, dims::<3>(bias), mask.map(dims::<3>));
-    let all_f32 = [Some(scores), Some(bias), mask]
+    let all_f32 = [Some(&scores), Some(bias), mask]
         .into_iter()
         .flatten()
         .all(|t| t.dtype() == DType::F32);
@@ -181,19 +174,30 @@ fn forward_primitive(
         let wrap3 = |t: &FlexTensor| {
             Tensor::<CpuBackend, 3>::from_primitive(TensorPrimitive::Float(t.clone()))
         };
-        return composed(wrap(scores), wrap3(bias), mask.map(wrap3))
+        return composed(wrap(&scores), wrap3(bias), mask.map(wrap3))
             .into_primitive()
             .tensor();
     };
-    let (scores, bias) = (scores.to_contiguous(), bias.to_contiguous());
+    let mut values = unique_contiguous(scores);
+    let bias = bias.to_contiguous();
     let mask = mask.map(FlexTensor::to_contiguous);
-    let out = forward(
-        scores.storage::<f32>(),
+    forward(
+        values.storage_mut::<f32>(),
         bias.storage::<f32>(),
         mask.as_ref().map(|m| m.storage::<f32>()),
         sizes,
     );
-    flex(out, shape.to_vec())
+    values
+}
+
+/// `t` in row-major order; its own buffer when no other tensor shares it, so that writing to it
+/// (`storage_mut`) copies nothing.
+fn unique_contiguous(t: FlexTensor) -> FlexTensor {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        t
+    } else {
+        t.to_contiguous()
+    }
 }
 
 #[derive(Debug)]
@@ -205,18 +209,20 @@ impl Backward<CpuBackend, 2> for AttentionSoftmaxBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [scores_node, bias_node] = ops.parents;
-        let grad = grads.consume::<CpuBackend>(&ops.node).to_contiguous();
+        let mut grad = unique_contiguous(grads.consume::<CpuBackend>(&ops.node));
         let (y, windows) = ops.state;
-        let [bw, heads, n, _] = dims::<4>(&y);
+        let [_, heads, n, _] = dims::<4>(&y);
         let sizes = Sizes { heads, n, windows };
-        let (scores, bias) = backward(
+        // The scores' gradient is written over the output's (fresh from the matrix product
+        // after the softmax, so not shared).
+        let bias = backward(
             y.storage::<f32>(),
-            grad.storage::<f32>(),
+            grad.storage_mut::<f32>(),
             sizes,
             bias_node.is_some(),
         );
         if let Some(node) = scores_node {
-            grads.register::<CpuBackend>(node.id, flex(scores, vec![bw, heads, n, n]));
+            grads.register::<CpuBackend>(node.id, grad);
         }
         if let (Some(node), Some(bias)) = (bias_node, bias) {
             grads.register::<CpuBackend>(node.id, flex(bias, vec![heads, n, n]));
@@ -237,9 +243,10 @@ fn autodiff_attention_softmax(
     let bias = bias.into_primitive().tensor();
     // The mask is built from constants; its values are all that is needed.
     let mask = mask.map(|m| m.into_primitive().tensor().primitive);
-    let out = forward_primitive(&scores.primitive, &bias.primitive, mask.as_ref());
+    let scores_node = scores.node.clone();
+    let out = forward_primitive(scores.primitive, &bias.primitive, mask.as_ref());
     let out = match AttentionSoftmaxBackward
-        .prepare::<NoCheckpointing>([scores.node.clone(), bias.node.clone()])
+        .prepare::<NoCheckpointing>([scores_node, bias.node.clone()])
         .compute_bound()
         .stateful()
     {
