@@ -396,62 +396,72 @@ pub fn weight_gradient(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
         g.batch * g.channels_out * out_volume,
         "gradient length"
     );
+    let wo = g.output[2];
+    accumulate_tiles(g, g.channels_out * cols, |acc, col, (n, first, rows)| {
+        let width = rows * wo;
+        let x_n = &x[n * in_volume..][..in_volume];
+        let (rhs, rhs_cs) = if g.is_pointwise() {
+            (x_n[first * wo..].as_ptr(), g.input_volume())
+        } else {
+            col.resize(cols * width, 0.0);
+            fill_col(col, x_n, g, first, rows);
+            (col.as_ptr(), width)
+        };
+        let lhs = grad[n * g.channels_out * out_volume + first * wo..].as_ptr();
+        // SAFETY: dst `Cout × cols` row-major; lhs `Cout × width` with row stride
+        // `out_volume`; rhs is `colᵀ`, `width × cols`, column stride `rhs_cs`.
+        unsafe {
+            gemm::gemm(
+                g.channels_out,
+                cols,
+                width,
+                acc.as_mut_ptr(),
+                1,
+                cols as isize,
+                true,
+                lhs,
+                1,
+                out_volume as isize,
+                rhs,
+                rhs_cs as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    })
+}
+
+/// Runs `per_tile(accumulator, col, tile)` over the tiles in contiguous groups, one group per
+/// worker, each adding into a `len`-value accumulator of its own and reusing one `col` buffer;
+/// returns the accumulators' sum, taken in group order so that the result does not depend on
+/// which thread ran which group.
+fn accumulate_tiles(
+    g: &Geometry,
+    len: usize,
+    per_tile: impl Fn(&mut [f32], &mut Vec<f32>, (usize, usize, usize)) + Sync,
+) -> Vec<f32> {
     let tiles = g.tiles();
     let workers = rayon::current_num_threads().min(tiles.len()).max(1);
-    let wo = g.output[2];
-    // Contiguous groups of tiles, one accumulator each, summed in group order: the result does
-    // not depend on which thread ran which group.
     let partials: Vec<Vec<f32>> = tiles
-        .chunks(tiles.len().div_ceil(workers))
+        .chunks(tiles.len().div_ceil(workers).max(1))
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|group| {
-            let mut acc = vec![0f32; g.channels_out * cols];
+            let mut acc = zeroed(len);
             let mut col = Vec::new();
-            for &(n, first, rows) in group {
-                let width = rows * wo;
-                let x_n = &x[n * in_volume..][..in_volume];
-                let (rhs, rhs_cs) = if g.is_pointwise() {
-                    (x_n[first * wo..].as_ptr(), g.input_volume())
-                } else {
-                    col.resize(cols * width, 0.0);
-                    fill_col(&mut col, x_n, g, first, rows);
-                    (col.as_ptr(), width)
-                };
-                let lhs = grad[n * g.channels_out * out_volume + first * wo..].as_ptr();
-                // SAFETY: dst `Cout × cols` row-major; lhs `Cout × width` with row stride
-                // `out_volume`; rhs is `colᵀ`, `width × cols`, column stride `rhs_cs`.
-                unsafe {
-                    gemm::gemm(
-                        g.channels_out,
-                        cols,
-                        width,
-                        acc.as_mut_ptr(),
-                        1,
-                        cols as isize,
-                        true,
-                        lhs,
-                        1,
-                        out_volume as isize,
-                        rhs,
-                        rhs_cs as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+            for &tile in group {
+                per_tile(&mut acc, &mut col, tile);
             }
             acc
         })
         .collect();
     let mut partials = partials.into_iter();
-    let mut total = partials
-        .next()
-        .unwrap_or_else(|| vec![0f32; g.channels_out * cols]);
+    let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
     for partial in partials {
         total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
     }
@@ -495,61 +505,38 @@ fn scattered_input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f
         g.batch * g.channels_out * out_volume,
         "gradient length"
     );
-    let tiles = g.tiles();
-    let workers = rayon::current_num_threads().min(tiles.len()).max(1);
     let wo = g.output[2];
-    let partials: Vec<Vec<f32>> = tiles
-        .chunks(tiles.len().div_ceil(workers))
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|group| {
-            let mut acc = zeroed(g.batch * in_volume);
-            let mut col = Vec::new();
-            for &(n, first, rows) in group {
-                let width = rows * wo;
-                col.resize(cols * width, 0.0);
-                let rhs = grad[n * g.channels_out * out_volume + first * wo..].as_ptr();
-                // SAFETY: dst `col` is `cols × width` row-major; lhs is `wᵀ`, `cols × Cout`
-                // (column stride `cols`); rhs `Cout × width` with row stride `out_volume`.
-                unsafe {
-                    gemm::gemm(
-                        cols,
-                        width,
-                        g.channels_out,
-                        col.as_mut_ptr(),
-                        1,
-                        width as isize,
-                        false,
-                        weight.as_ptr(),
-                        cols as isize,
-                        1,
-                        rhs,
-                        1,
-                        out_volume as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                scatter_col(&col, &mut acc[n * in_volume..][..in_volume], g, first, rows);
-            }
-            acc
-        })
-        .collect();
-    sum_in_order(partials, g.batch * in_volume)
-}
-
-/// The element-wise sum of per-worker buffers, in their order (results independent of scheduling).
-fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
-    let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
-    for partial in partials {
-        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
-    }
-    total
+    accumulate_tiles(g, g.batch * in_volume, |acc, col, (n, first, rows)| {
+        let width = rows * wo;
+        col.resize(cols * width, 0.0);
+        let rhs = grad[n * g.channels_out * out_volume + first * wo..].as_ptr();
+        // SAFETY: dst `col` is `cols × width` row-major; lhs is `wᵀ`, `cols × Cout` (column
+        // stride `cols`); rhs `Cout × width` with row stride `out_volume`.
+        unsafe {
+            gemm::gemm(
+                cols,
+                width,
+                g.channels_out,
+                col.as_mut_ptr(),
+                1,
+                width as isize,
+                false,
+                weight.as_ptr(),
+                cols as isize,
+                1,
+                rhs,
+                1,
+                out_volume as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        scatter_col(col, &mut acc[n * in_volume..][..in_volume], g, first, rows);
+    })
 }
 
 /// The gradient of the bias: the output gradient summed over batch and space.

@@ -4,7 +4,7 @@
 use burn::tensor::module::conv3d as burn_conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor, TensorData};
-use mtmed3d_model::conv::{Geometry, conv3d_tensors};
+use mtmed3d_model::conv::{Geometry, conv3d_tensors, forward, input_gradient, weight_gradient};
 use mtmed3d_model::{CpuAutodiff, CpuBackend};
 
 struct Case {
@@ -198,4 +198,16 @@ fn geometry_refuses_kernels_larger_than_the_padded_input() {
     )
     .unwrap();
     assert_eq!(g.output, [5, 4, 4]);
+
+    // An empty batch: empty outputs and a zero weight gradient, not a panic.
+    let empty = Geometry::new(
+        [0, 2, 9, 8, 7],
+        [3, 2, 3, 3, 3],
+        &ConvOptions::new([2; 3], [1; 3], [1; 3], 1),
+    )
+    .unwrap();
+    let weight = vec![0.5f32; 3 * 2 * 27];
+    assert!(forward(&[], &weight, None, &empty).is_empty());
+    assert!(input_gradient(&weight, &[], &empty).is_empty());
+    assert_eq!(weight_gradient(&[], &[], &empty), vec![0f32; 3 * 2 * 27]);
 }
