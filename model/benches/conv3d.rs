@@ -4,8 +4,8 @@
 //! ```text
 //! cargo bench -p mtmed3d-model --bench conv3d -- [--iters 3] [--threads N] [--json]
 //! ```
-//! `benches/conv3d_torch.py` measures PyTorch's (oneDNN) kernels on the same shapes;
-//! `benches/conv3d.sh` runs both and prints the ratios.
+//! `benches/conv3d_torch.py` measures PyTorch's (oneDNN) kernels on the shapes this prints with
+//! `--json`; `benches/conv3d.sh` runs both and prints the ratios.
 
 use std::time::Instant;
 
@@ -85,6 +85,8 @@ fn main() {
             println!(
                 "{}",
                 serde_json::json!({"framework": "mtmed3d", "threads": threads, "shape": name,
+                    "channels_in": cin, "channels_out": cout, "edge": edge, "kernel": k,
+                    "stride": stride, "padding": padding,
                     "forward": fwd, "input_grad": dx, "weight_grad": dw})
             );
         } else {

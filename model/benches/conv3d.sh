@@ -17,6 +17,7 @@ cargo bench -q -p mtmed3d-model --bench conv3d --no-run
 RAYON_NUM_THREADS="$threads" cargo bench -q -p mtmed3d-model --bench conv3d -- \
     --threads "$threads" --iters "$iters" --json | tee "$out/ours.jsonl"
 OMP_NUM_THREADS="$threads" python3 model/benches/conv3d_torch.py --threads "$threads" --iters "$iters" \
+    --shapes "$out/ours.jsonl" \
     | tee "$out/torch.jsonl"
 
 python3 - "$out/ours.jsonl" "$out/torch.jsonl" <<'PY'

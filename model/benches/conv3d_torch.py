@@ -1,17 +1,9 @@
-"""PyTorch's CPU 3D convolution (oneDNN) on the shapes of model/benches/conv3d.rs: forward, input
-gradient and weight gradient, median seconds; one JSON line per shape."""
+"""PyTorch's CPU 3D convolution (oneDNN): forward, input gradient and weight gradient, median
+seconds, one JSON line per shape, for the shapes in the JSON lines model/benches/conv3d.rs printed
+(`--shapes FILE`), so that both sides time the same layers."""
 import argparse, json, statistics, time
 
 import torch
-
-SHAPES = [
-    ("encoder1 4->48 96^3 k3", 4, 48, 96, 3, 1, 1),
-    ("res block 48->48 96^3 k3", 48, 48, 96, 3, 1, 1),
-    ("decoder1 96->48 96^3 k3", 96, 48, 96, 3, 1, 1),
-    ("res block 96->96 48^3 k3", 96, 96, 48, 3, 1, 1),
-    ("1x1 96->48 96^3", 96, 48, 96, 1, 1, 0),
-    ("stem 7->64 96^3 k7 s2", 7, 64, 96, 7, 2, 3),
-]
 
 
 def timed(f, iters):
@@ -28,11 +20,15 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--shapes", required=True, help="JSON lines from `conv3d -- --json`")
     a = p.parse_args()
+    rows = [json.loads(line) for line in open(a.shapes) if line.startswith("{")]
+    shapes = [(r["shape"], r["channels_in"], r["channels_out"], r["edge"], r["kernel"], r["stride"],
+               r["padding"]) for r in rows]
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    for name, cin, cout, edge, k, stride, padding in SHAPES:
+    for name, cin, cout, edge, k, stride, padding in shapes:
         x = torch.randn(1, cin, edge, edge, edge)
         w = torch.randn(cout, cin, k, k, k) * 0.1
         with torch.no_grad():
