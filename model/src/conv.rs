@@ -325,6 +325,54 @@ impl SharedMut {
     }
 }
 
+/// A matrix operand in memory: its first element and the distance between rows and columns.
+#[derive(Clone, Copy)]
+struct Strided {
+    ptr: *const f32,
+    row: usize,
+    col: usize,
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`) on the calling thread, for an
+/// `m × k` lhs and a `k × n` rhs; `dst` is row-major with `dst_row` between rows.
+///
+/// # Safety
+/// Every operand element addressed by the sizes and strides lies inside its buffer, and `dst`
+/// is written by nothing else meanwhile.
+unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_row: usize,
+    accumulate: bool,
+    lhs: Strided,
+    rhs: Strided,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.ptr,
+            rhs.col as isize,
+            rhs.row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// The convolution of `x` (`N × Cin × D × H × W`) with `weight` (`Cout × Cin × kD × kH × kW`) plus
 /// `bias`, as `N × Cout × Do × Ho × Wo`.
 pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
@@ -360,26 +408,21 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
             // SAFETY: lhs is `Cout × cols` row-major, rhs `cols × width` with row stride
             // `rhs_rs`, dst `Cout × width` with row stride `out_volume`; all in bounds.
             unsafe {
-                gemm::gemm(
-                    g.channels_out,
-                    width,
-                    cols,
+                product(
+                    [g.channels_out, width, cols],
                     dst,
-                    1,
-                    out_volume as isize,
+                    out_volume,
                     bias.is_some(),
-                    weight.as_ptr(),
-                    1,
-                    cols as isize,
-                    rhs,
-                    1,
-                    rhs_rs as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    Strided {
+                        ptr: weight.as_ptr(),
+                        row: cols,
+                        col: 1,
+                    },
+                    Strided {
+                        ptr: rhs,
+                        row: rhs_rs,
+                        col: 1,
+                    },
                 );
             }
         });
@@ -411,26 +454,21 @@ pub fn weight_gradient(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
         // SAFETY: dst `Cout × cols` row-major; lhs `Cout × width` with row stride
         // `out_volume`; rhs is `colᵀ`, `width × cols`, column stride `rhs_cs`.
         unsafe {
-            gemm::gemm(
-                g.channels_out,
-                cols,
-                width,
+            product(
+                [g.channels_out, cols, width],
                 acc.as_mut_ptr(),
-                1,
-                cols as isize,
+                cols,
                 true,
-                lhs,
-                1,
-                out_volume as isize,
-                rhs,
-                rhs_cs as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                Strided {
+                    ptr: lhs,
+                    row: out_volume,
+                    col: 1,
+                },
+                Strided {
+                    ptr: rhs,
+                    row: 1,
+                    col: rhs_cs,
+                },
             );
         }
     })
@@ -513,26 +551,21 @@ fn scattered_input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f
         // SAFETY: dst `col` is `cols × width` row-major; lhs is `wᵀ`, `cols × Cout` (column
         // stride `cols`); rhs `Cout × width` with row stride `out_volume`.
         unsafe {
-            gemm::gemm(
-                cols,
-                width,
-                g.channels_out,
+            product(
+                [cols, width, g.channels_out],
                 col.as_mut_ptr(),
-                1,
-                width as isize,
+                width,
                 false,
-                weight.as_ptr(),
-                cols as isize,
-                1,
-                rhs,
-                1,
-                out_volume as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                Strided {
+                    ptr: weight.as_ptr(),
+                    row: 1,
+                    col: cols,
+                },
+                Strided {
+                    ptr: rhs,
+                    row: out_volume,
+                    col: 1,
+                },
             );
         }
         scatter_col(col, &mut acc[n * in_volume..][..in_volume], g, first, rows);
