@@ -1,6 +1,6 @@
 //! The MTMed3D multi-task model in burn: a shared 3D Swin Transformer encoder feeding a SwinUNETR
 //! segmentation decoder, a DenseNet-121 3D grade classifier placed after the segmentation, and a RetinaNet
-//! detector with a PANet neck; losses, task balancing (fixed weights, GradNorm), checkpoints and an
+//! detector with a PANet neck; losses, task balancing (fixed weights, GradNorm, MGDA), checkpoints and an
 //! efficiency summary.
 //!
 //! ```no_run

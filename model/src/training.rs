@@ -16,7 +16,9 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
-use crate::balance::{GradNormStep, TaskBalancer, last_shared_layer_grad_norms};
+use crate::balance::{
+    GradNormStep, MgdaStep, TaskBalancer, last_shared_layer_grad_norms, last_shared_layer_grads,
+};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::model::{MultiTaskModel, Targets};
@@ -32,6 +34,8 @@ pub struct StepReport {
     pub weighted_total: f64,
     /// The GradNorm update, when one ran.
     pub gradnorm: Option<GradNormStep>,
+    /// The MGDA update, when one ran (its weights are this step's `weights`).
+    pub mgda: Option<MgdaStep>,
 }
 
 /// Learning rates of the four model parts.
@@ -130,11 +134,11 @@ pub type OptimizerRecords<B> = Vec<<Adaptor<B> as Optimizer<MultiTaskModel<B>, B
 pub struct TrainerState {
     /// Steps taken.
     pub steps: usize,
-    /// GradNorm cadence.
+    /// GradNorm and MGDA cadence.
     pub gradnorm_every: usize,
     /// Weight decay of every AdamW.
     pub weight_decay: f32,
-    /// Task balancing, with GradNorm's weights, initial losses and Adam moments.
+    /// Task balancing, with GradNorm's weights, initial losses and Adam moments, or MGDA's weights.
     pub balancer: TaskBalancer,
 }
 
@@ -145,7 +149,8 @@ pub struct Trainer<B: AutodiffBackend> {
     weight_decay: f32,
     /// Task balancing.
     pub balancer: TaskBalancer,
-    /// Run a GradNorm update every this many steps (it costs a decoder forward/backward per task).
+    /// Run a GradNorm or MGDA update every this many steps (it costs a decoder forward/backward per
+    /// task); the steps between keep the last weights.
     pub gradnorm_every: usize,
     steps: usize,
 }
@@ -188,6 +193,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// One step with a learning rate per part; returns the updated model.
+    ///
+    /// GradNorm updates its weights after the step (its update needs this step's losses and norms, and
+    /// its weights are the state of an optimisation of their own); MGDA solves for this step's
+    /// gradients first and the step uses the weights it finds.
     pub fn step_parts(
         &mut self,
         model: MultiTaskModel<B>,
@@ -195,6 +204,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         targets: &Targets<B>,
         rates: PartRates,
     ) -> (MultiTaskModel<B>, StepReport) {
+        let balance_now = self.steps.is_multiple_of(self.gradnorm_every.max(1));
+        let mut mgda = None;
+        if let TaskBalancer::Mgda(m) = &mut self.balancer
+            && balance_now
+        {
+            // before the step's own forward, so that its graph is not held during these passes
+            let shared = last_shared_layer_grads(&model, &self.config, image.clone(), targets);
+            mgda = Some(m.update(&shared.gradients, &shared.losses));
+        }
         let output = model.forward(image.clone());
         let losses = self.config.losses(&output, targets);
         let values = losses.values();
@@ -212,7 +230,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
         let mut gradnorm = None;
         if let TaskBalancer::GradNorm(gn) = &mut self.balancer
-            && self.steps.is_multiple_of(self.gradnorm_every.max(1))
+            && balance_now
         {
             let norms = last_shared_layer_grad_norms(&model, &self.config, image, targets);
             gradnorm = Some(gn.update(&values, &norms));
@@ -230,6 +248,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 weights,
                 weighted_total,
                 gradnorm,
+                mgda,
             },
         )
     }

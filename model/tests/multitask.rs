@@ -1,9 +1,11 @@
-//! The `tiny` preset end to end: multi-task forward, losses, detections, GradNorm's gradient norms.
+//! The `tiny` preset end to end: multi-task forward, losses, detections, GradNorm's gradient norms, an
+//! MGDA training step.
 
 mod common;
 
 use burn::tensor::Tensor;
-use mtmed3d_model::balance::last_shared_layer_grad_norms;
+use mtmed3d_model::balance::{Mgda, MgdaConfig, TaskBalancer, last_shared_layer_grad_norms};
+use mtmed3d_model::training::{Trainer, seeded_init};
 use mtmed3d_model::{CpuAutodiff, CpuBackend, ModelConfig, Task};
 
 #[test]
@@ -72,7 +74,7 @@ fn gradnorm_norms_equal_a_direct_recompute() {
     // Seeded: `init` draws from OS entropy. Over seeds 0–7 the two paths agree to 1e-7–5e-5,
     // but one unseeded draw once differed by 4.6e-3 (f32 sums in two orders, where the norm
     // is a small difference of large terms).
-    let model = mtmed3d_model::training::seeded_init::<CpuAutodiff>(&cfg, &device, 0).unwrap();
+    let model = seeded_init::<CpuAutodiff>(&cfg, &device, 0).unwrap();
     let (image, targets) = common::batch::<CpuAutodiff>(&common::two_cases(32), &device);
     let norms = last_shared_layer_grad_norms(&model, &cfg, image.clone(), &targets);
     assert!(norms.iter().all(|n| n.is_finite() && *n > 0.0), "{norms:?}");
@@ -92,5 +94,58 @@ fn gradnorm_norms_equal_a_direct_recompute() {
             "{task:?}: surrogate {} vs direct {direct}",
             norms[i]
         );
+    }
+}
+
+#[test]
+fn an_mgda_step_trains_with_the_weights_it_solves_for() {
+    let _turn = common::seeding_turn();
+    let cfg = ModelConfig::tiny();
+    let device = Default::default();
+    let model = seeded_init::<CpuAutodiff>(&cfg, &device, 0).unwrap();
+    // one case keeps the step to a few seconds
+    let cases = common::two_cases(32);
+    let (image, targets) = common::batch::<CpuAutodiff>(&cases[..1], &device);
+    let balancer = TaskBalancer::Mgda(Mgda::new(MgdaConfig::new(), 3));
+    let mut trainer = Trainer::<CpuAutodiff>::new(cfg, balancer, 0.01);
+    let (_, report) = trainer.step(model, image, &targets, 1e-3);
+
+    let mgda = report.mgda.expect("MGDA runs on the first step");
+    assert_eq!(mgda.skipped, None, "{mgda:?}");
+    assert!(
+        mgda.grad_norms.iter().all(|n| n.is_finite() && *n > 0.0),
+        "{mgda:?}"
+    );
+    // the step used the weights solved for its own gradients
+    assert_eq!(report.weights, mgda.weights_after);
+    assert_eq!(trainer.balancer.weights(), report.weights.as_slice());
+    let w = &report.weights;
+    eprintln!(
+        "MGDA: weights {w:?}, alphas {:?}, gram {:?}",
+        mgda.alphas, mgda.gram
+    );
+    assert!(w.iter().all(|w| w.is_finite() && *w >= 1e-3), "{w:?}");
+    assert!((w.iter().sum::<f64>() - 3.0).abs() < 1e-9, "{w:?}");
+    assert!(w.iter().any(|w| (w - 1.0).abs() > 1e-3), "{w:?}");
+    let expected_total: f64 = (0..3).map(|i| w[i] * report.losses[i]).sum();
+    assert!(
+        (report.weighted_total - expected_total).abs() < 1e-4 * expected_total,
+        "{} vs {expected_total}",
+        report.weighted_total
+    );
+
+    // the solution is the min-norm point of the Gram matrix it reports: KKT on the simplex
+    let (a, m) = (&mgda.alphas, &mgda.gram);
+    let value = mgda.min_norm_sq.unwrap();
+    assert!((a.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{a:?}");
+    for i in 0..3 {
+        // l2 normalisation: unit diagonal
+        assert!((m[i][i] - 1.0).abs() < 1e-9, "{m:?}");
+        let grad: f64 = (0..3).map(|j| m[i][j] * a[j]).sum();
+        if a[i] > 1e-9 {
+            assert!((grad - value).abs() < 1e-6, "{i}: {grad} vs {value}");
+        } else {
+            assert!(grad >= value - 1e-6, "{i}: {grad} vs {value}");
+        }
     }
 }

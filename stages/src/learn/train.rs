@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use mtmed3d_model::balance::{GradNorm, GradNormConfig, TaskBalancer};
+use mtmed3d_model::balance::{
+    GradNorm, GradNormConfig, GradientNormalisation, Mgda, MgdaConfig, TaskBalancer,
+};
 use mtmed3d_model::burn::tensor::backend::AutodiffBackend;
 use mtmed3d_model::checkpoint;
 use mtmed3d_model::training::{PartRates, Trainer, cosine_factor, seeded_init};
@@ -86,7 +88,9 @@ pub struct Train {
     /// Steps per epoch for sizing the schedule (default: from the case count, see the module docs).
     #[serde(default)]
     pub steps_per_epoch: Option<usize>,
-    /// Task balancing: `gradnorm` (weights adapted to equalise training rates) or `fixed`.
+    /// Task balancing: `gradnorm` (weights adapted to equalise training rates), `mgda` (MGDA-UB: the
+    /// weights of the min-norm combination of the task gradients, solved afresh at each update) or
+    /// `fixed`.
     #[serde(default)]
     pub balance: Balance,
     /// Task weights [segmentation, classification, detection] for `fixed` balancing.
@@ -98,7 +102,15 @@ pub struct Train {
     /// Learning rate of GradNorm's weights.
     #[serde(default = "default_gradnorm_lr")]
     pub gradnorm_lr: f64,
-    /// Run a GradNorm update every this many steps (each costs a decoder pass per task).
+    /// MGDA's gradient normalisation: `l2` (the default: only the gradients' directions count),
+    /// `loss`, `loss+` (by loss and norm) or `none`.
+    #[serde(default)]
+    pub mgda_normalisation: MgdaNormalisation,
+    /// MGDA's smallest task weight, within [0, 1] (the weights sum to 3).
+    #[serde(default = "default_mgda_min_weight")]
+    pub mgda_min_weight: f64,
+    /// Run a GradNorm or MGDA update every this many steps (each costs a decoder pass per task); the
+    /// steps between keep the last weights.
     #[serde(default = "one")]
     pub gradnorm_every: usize,
     /// A pipeline file whose samples are the validation set: run once at start (its sinks are
@@ -183,6 +195,37 @@ pub enum Balance {
     Gradnorm,
     /// Constant `task_weights`.
     Fixed,
+    /// MGDA-UB on the last shared encoder layer.
+    Mgda,
+}
+
+/// How MGDA normalises each task's gradient before solving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum MgdaNormalisation {
+    /// The gradients as they are.
+    #[serde(rename = "none")]
+    None,
+    /// Divided by their norms.
+    #[default]
+    #[serde(rename = "l2")]
+    L2,
+    /// Divided by the losses.
+    #[serde(rename = "loss")]
+    Loss,
+    /// Divided by loss times norm.
+    #[serde(rename = "loss+")]
+    LossL2,
+}
+
+impl MgdaNormalisation {
+    fn model(self) -> GradientNormalisation {
+        match self {
+            MgdaNormalisation::None => GradientNormalisation::None,
+            MgdaNormalisation::L2 => GradientNormalisation::L2,
+            MgdaNormalisation::Loss => GradientNormalisation::Loss,
+            MgdaNormalisation::LossL2 => GradientNormalisation::LossL2,
+        }
+    }
 }
 
 fn default_preset() -> String {
@@ -205,6 +248,9 @@ fn default_alpha() -> f64 {
 }
 fn default_gradnorm_lr() -> f64 {
     0.025
+}
+fn default_mgda_min_weight() -> f64 {
+    1e-3
 }
 fn one() -> usize {
     1
@@ -276,6 +322,12 @@ impl Train {
                     .with_learning_rate(self.gradnorm_lr),
                 3,
             )),
+            Balance::Mgda => TaskBalancer::Mgda(Mgda::new(
+                MgdaConfig::new()
+                    .with_normalisation(self.mgda_normalisation.model())
+                    .with_min_weight(self.mgda_min_weight),
+                3,
+            )),
         }
     }
 }
@@ -298,7 +350,7 @@ fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
 
 impl Component for Train {
     const NAME: &'static str = "train";
-    const DOC: &'static str = "Trains the MTMed3D multi-task model on the samples (in feed order): AdamW per part, cosine schedule, GradNorm or fixed task weights, validation, atomic checkpoints, exact resume, history with data-wait fraction.";
+    const DOC: &'static str = "Trains the MTMed3D multi-task model on the samples (in feed order): AdamW per part, cosine schedule, GradNorm, MGDA or fixed task weights, validation, atomic checkpoints, exact resume, history with data-wait fraction.";
 
     fn reads(&self) -> Vec<String> {
         vec![self.image.clone(), self.label.clone(), self.boxes.clone()]
@@ -353,6 +405,12 @@ impl Component for Train {
             p.push(Problem::param(
                 "task_weights",
                 "`task_weights` needs 3 finite numbers: segmentation, classification, detection",
+            ));
+        }
+        if !(self.mgda_min_weight.is_finite() && (0.0..=1.0).contains(&self.mgda_min_weight)) {
+            p.push(Problem::param(
+                "mgda_min_weight",
+                "`mgda_min_weight` must be within [0, 1] (the 3 weights sum to 3)",
             ));
         }
         if self.steps_per_epoch == Some(0) {
@@ -833,4 +891,97 @@ pub fn checkpoint_difference(a: &Path, b: &Path) -> Result<(f64, usize), String>
         checkpoint::load_with_stored_config::<Cpu>(a, &device).map_err(|e| e.to_string())?;
     let mb = checkpoint::load::<Cpu>(b, &config, &device).map_err(|e| e.to_string())?;
     Ok(mtmed3d_model::training::max_parameter_difference(&ma, &mb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtmed3d_pipeline::{Diagnostic, DiagnosticKind, config};
+
+    /// The `train` sink with `params` after the preprocessing its fields need.
+    fn parse(params: &str) -> Result<mtmed3d_pipeline::Plan, Vec<Diagnostic>> {
+        let yaml = format!(
+            "source:\n  phantom: {{cases: 2, shape: [32, 32, 32]}}\nstages:\n  - brats_regions: {{}}\n  \
+             - boxes: {{from: WT}}\nsinks:\n  - train: {{out: run, {params}}}\n"
+        );
+        config::parse_str(&yaml, Path::new("p.yaml"), &[], &crate::registry()).map_err(|d| d.items)
+    }
+
+    fn only_error(params: &str) -> Diagnostic {
+        let Err(mut errors) = parse(params) else {
+            panic!("`{params}` was accepted");
+        };
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors.remove(0)
+    }
+
+    fn train(params: &str) -> Train {
+        let node = mtmed3d_pipeline::yaml::parse(&format!("{{out: run, {params}}}")).unwrap();
+        mtmed3d_pipeline::yaml::from_node(&node).unwrap()
+    }
+
+    #[test]
+    fn mgda_and_its_options_parse() {
+        if let Err(errors) = parse(
+            "balance: mgda, mgda_normalisation: loss+, mgda_min_weight: 0.01, gradnorm_every: 2",
+        ) {
+            panic!("refused: {errors:#?}");
+        }
+        let t = train("balance: mgda, mgda_normalisation: loss+, mgda_min_weight: 0.01");
+        assert_eq!(t.balance, Balance::Mgda);
+        assert_eq!(t.mgda_normalisation, MgdaNormalisation::LossL2);
+        let TaskBalancer::Mgda(m) = t.balancer() else {
+            panic!("not MGDA: {:?}", t.balancer());
+        };
+        assert_eq!(m.config().normalisation, GradientNormalisation::LossL2);
+        assert_eq!(m.config().min_weight, 0.01);
+        assert_eq!(m.weights(), &[1.0, 1.0, 1.0]);
+        for (text, want) in [
+            ("none", GradientNormalisation::None),
+            ("l2", GradientNormalisation::L2),
+            ("loss", GradientNormalisation::Loss),
+        ] {
+            let t = train(&format!("balance: mgda, mgda_normalisation: {text}"));
+            assert_eq!(t.mgda_normalisation.model(), want);
+        }
+        // the defaults: l2, a floor of 1e-3, as the model's MgdaConfig
+        let t = train("balance: mgda");
+        let TaskBalancer::Mgda(m) = t.balancer() else {
+            panic!("not MGDA");
+        };
+        assert_eq!(m.config(), &MgdaConfig::new());
+    }
+
+    #[test]
+    fn wrong_mgda_options_are_refused_with_a_fix() {
+        let d = only_error("balance: mgda, mgda_normalization: l2");
+        assert_eq!(d.kind, DiagnosticKind::UnknownField);
+        assert_eq!(
+            d.message,
+            "unknown parameter `mgda_normalization` for `train`"
+        );
+        assert_eq!(
+            d.help.as_deref(),
+            Some("did you mean `mgda_normalisation`?")
+        );
+
+        let d = only_error("balance: mgda, mgda_normalisation: l1");
+        assert_eq!(d.kind, DiagnosticKind::InvalidValue);
+        assert_eq!(
+            d.message,
+            "`train`: unknown value `l1`, expected one of `none`, `l2`, `loss` or `loss+`"
+        );
+        let d = only_error("balance: mgda, mgda_normalisation: los");
+        assert_eq!(d.help.as_deref(), Some("did you mean `loss`?"));
+
+        let d = only_error("balance: mgdaa");
+        assert!(d.message.contains("unknown value `mgdaa`"), "{}", d.message);
+        assert_eq!(d.help.as_deref(), Some("did you mean `mgda`?"));
+
+        let d = only_error("balance: mgda, mgda_min_weight: 1.5");
+        assert_eq!(
+            d.message,
+            "`train`: `mgda_min_weight` must be within [0, 1] (the 3 weights sum to 3)"
+        );
+    }
 }
