@@ -2,6 +2,10 @@
 
 mod cache_cmd;
 
+// Keeps a training step's large buffers from faulting in anew every step (model/src/allocator.rs).
+#[cfg(feature = "jemalloc")]
+mtmed3d_model::use_jemalloc!();
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -146,6 +150,11 @@ fn main() -> ExitCode {
         ProgressDrawTarget::hidden()
     });
     init_logging(cli.log_format, progress.clone());
+    #[cfg(feature = "jemalloc")]
+    match mtmed3d_model::allocator::settings() {
+        Some(settings) => tracing::debug!(allocator = %settings, "allocator"),
+        None => tracing::debug!("allocator: jemalloc did not report its settings"),
+    }
     match dispatch(cli.command, progress) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -461,3 +461,41 @@ fn cross_validation_tests_every_fold_on_the_same_held_out_cases() {
         text(&out.stderr)
     );
 }
+
+/// The binary allocates with jemalloc set never to return memory (model/src/allocator.rs), and
+/// `_RJEM_MALLOC_CONF` overrides that at run time, as the docs say.
+#[cfg(feature = "jemalloc")]
+#[test]
+fn the_binary_runs_on_jemalloc_with_its_settings_and_the_environment_overrides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let allocator_line = |conf: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mtmed3d"));
+        command
+            .args(["stages"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "debug")
+            .env_remove("_RJEM_MALLOC_CONF");
+        if let Some(conf) = conf {
+            command.env("_RJEM_MALLOC_CONF", conf);
+        }
+        let out = command.output().expect("the binary runs");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        err.lines()
+            .find(|l| l.contains("allocator"))
+            .unwrap_or_else(|| panic!("no allocator line in:\n{err}"))
+            .to_string()
+    };
+    let compiled = allocator_line(None);
+    assert!(
+        compiled.contains(
+            "jemalloc (thp always, dirty_decay_ms -1, muzzy_decay_ms -1, oversize_threshold 0)"
+        ),
+        "{compiled}"
+    );
+    let overridden = allocator_line(Some("dirty_decay_ms:10000,muzzy_decay_ms:5000"));
+    assert!(
+        overridden.contains("dirty_decay_ms 10000, muzzy_decay_ms 5000"),
+        "{overridden}"
+    );
+}

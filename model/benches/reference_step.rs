@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo bench -p mtmed3d-model --bench reference_step -- [--preset reference] [--device cpu|cuda]
-//!     [--iters 3] [--batch 1] [--threads N] [--only inference,fwd_bwd,parts,step,gradnorm] [--json]
+//!     [--iters 3] [--batch 1] [--threads N] [--only inference,fwd_bwd,parts,encoder,step,gradnorm] [--json]
 //! ```
 //! Each measurement is printed as soon as it completes (one line, flushed), so a run cut short by a timeout
 //! still reports what it measured; with `--json` each line is a JSON object. Compare with
@@ -23,6 +23,19 @@ use mtmed3d_model::loss::{classification_focal_loss, segmentation_loss};
 use mtmed3d_model::training::Trainer;
 use mtmed3d_model::{ModelConfig, MultiTaskModel, Targets};
 
+// The allocator the `mtmed3d` binary runs on (`model/benches/model_cpu.sh` passes the feature).
+#[cfg(feature = "jemalloc")]
+mtmed3d_model::use_jemalloc!();
+
+/// The allocator this binary runs on, for the report.
+fn allocator() -> String {
+    #[cfg(feature = "jemalloc")]
+    if let Some(settings) = mtmed3d_model::allocator::settings() {
+        return settings.to_string();
+    }
+    "the system allocator".to_string()
+}
+
 struct Args {
     preset: String,
     device: String,
@@ -33,7 +46,14 @@ struct Args {
     json: bool,
 }
 
-const ALL: &[&str] = &["inference", "fwd_bwd", "parts", "step", "gradnorm"];
+const ALL: &[&str] = &[
+    "inference",
+    "fwd_bwd",
+    "parts",
+    "encoder",
+    "step",
+    "gradnorm",
+];
 
 fn args() -> Args {
     let mut a = Args {
@@ -153,6 +173,23 @@ fn detached<B: AutodiffBackend>(f: &EncoderFeatures<B>) -> EncoderFeatures<B> {
     }
 }
 
+/// The encoder's forward and backward passes, from the mean of every stage's output.
+fn encoder_fwd_bwd<B: AutodiffBackend>(
+    model: &MultiTaskModel<B>,
+    image: &Tensor<B, 5>,
+) -> B::Gradients {
+    let f = model.encoder.forward(image.clone());
+    let loss = f
+        .hidden
+        .into_iter()
+        .map(|h| h.mean())
+        .reduce(|a, b| a + b)
+        .expect("the encoder has stages");
+    let g = loss.backward();
+    sync::<B>(&image.device());
+    g
+}
+
 /// Forward and forward + backward of each part on its own, from detached inputs: where the time goes.
 fn parts<B: AutodiffBackend>(
     cfg: &ModelConfig,
@@ -212,18 +249,7 @@ fn parts<B: AutodiffBackend>(
     let seg = model.segmentation.forward(image.clone(), &feats).detach();
     report.row(
         "encoder fwd+bwd",
-        &timed(iters, || {
-            let f = model.encoder.forward(image.clone());
-            let loss = f
-                .hidden
-                .into_iter()
-                .map(|h| h.mean())
-                .reduce(|a, b| a + b)
-                .unwrap();
-            let g = loss.backward();
-            sync::<B>(&device);
-            g
-        }),
+        &timed(iters, || encoder_fwd_bwd(model, image)),
     );
     report.row(
         "segmentation fwd+bwd",
@@ -300,6 +326,13 @@ fn run<B: AutodiffBackend>(cfg: &ModelConfig, device: &B::Device, a: &Args, repo
     if want("parts") {
         parts(cfg, &model, &image, &t, a.iters, report);
     }
+    if want("encoder") && !want("parts") {
+        // The encoder alone (also part of `parts`): the quick loop for work on its kernels.
+        report.row(
+            "encoder fwd+bwd",
+            &timed(a.iters, || encoder_fwd_bwd(&model, &image)),
+        );
+    }
     let mut m = model;
     for (name, key, balancer) in [
         (
@@ -350,13 +383,17 @@ fn main() {
         json: a.json,
         header: serde_json::json!({
             "framework": framework, "preset": a.preset, "device": a.device,
-            "input": [a.batch, 4, x, y, z], "threads": threads,
+            "input": [a.batch, 4, x, y, z], "threads": threads, "allocator": allocator(),
         }),
     };
     if !a.json {
         println!(
-            "burn 0.21 preset {} on {} ({threads} rayon threads), input {}×4×{x}×{y}×{z}, {} timed runs after one warm-up",
-            a.preset, a.device, a.batch, a.iters
+            "burn 0.21 preset {} on {} ({threads} rayon threads, {}), input {}×4×{x}×{y}×{z}, {} timed runs after one warm-up",
+            a.preset,
+            a.device,
+            allocator(),
+            a.batch,
+            a.iters
         );
         println!("{:<34}{:>10}{:>10}", "measurement", "median s", "min s");
         let _ = std::io::stdout().flush();

@@ -18,6 +18,8 @@
 //! Backends: [`CpuBackend`] is burn's pure-Rust `flex` backend; with the `cuda` feature, [`CudaBackend`] is
 //! burn's CUDA backend. Training uses `burn::backend::Autodiff` over either.
 
+#[cfg(feature = "jemalloc")]
+pub mod allocator;
 pub mod attention_softmax;
 pub mod balance;
 pub mod checkpoint;
