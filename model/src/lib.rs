@@ -34,6 +34,7 @@ pub mod model;
 pub mod ops;
 pub mod summary;
 pub mod training;
+pub mod window_attention;
 
 pub use burn;
 pub use config::ModelConfig;

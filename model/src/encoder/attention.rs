@@ -7,8 +7,8 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::window::bias_index;
-use crate::attention_softmax::attention_softmax;
 use crate::ops::linear;
+use crate::window_attention::window_attention;
 
 /// Window attention settings.
 #[derive(Config, Debug)]
@@ -71,29 +71,17 @@ impl<B: Backend> WindowAttention<B> {
         ws: [usize; 3],
         mask: Option<Tensor<B, 3>>,
     ) -> Tensor<B, 3> {
-        let [bw, n, c] = x.dims();
+        let [_, n, c] = x.dims();
         let heads = self.num_heads;
         let head_dim = c / heads;
         let scale = (head_dim as f64).powf(-0.5);
 
-        let qkv = linear(&self.qkv, x) // [B·nW, N, 3C]
-            .reshape([bw, n, 3, heads, head_dim])
-            .permute([2, 0, 3, 1, 4]); // [3, B·nW, heads, N, hd]
-        let q = qkv
-            .clone()
-            .narrow(0, 0, 1)
-            .squeeze_dim::<4>(0)
-            .mul_scalar(scale);
-        let k = qkv.clone().narrow(0, 1, 1).squeeze_dim::<4>(0);
-        let v = qkv.narrow(0, 2, 1).squeeze_dim::<4>(0);
-
-        let attn = q.matmul(k.swap_dims(2, 3)); // [B·nW, heads, N, N]
-
+        let qkv = linear(&self.qkv, x); // [B·nW, N, 3C]
         let index = bias_index::<B>(
             ws,
             [self.window_size; 3],
             self.legacy_bias_index,
-            &attn.device(),
+            &qkv.device(),
         );
         let bias = self
             .relative_position_bias_table
@@ -101,12 +89,7 @@ impl<B: Backend> WindowAttention<B> {
             .select(0, index) // [N·N, heads]
             .reshape([n, n, heads])
             .permute([2, 0, 1]); // [heads, N, N]
-        let attn = attention_softmax(attn, bias, mask);
-
-        let out = attn
-            .matmul(v) // [B·nW, heads, N, hd]
-            .swap_dims(1, 2)
-            .reshape([bw, n, c]);
+        let out = window_attention(qkv, bias, mask, heads, scale as f32); // [B·nW, N, C]
         linear(&self.proj, out)
     }
 }
