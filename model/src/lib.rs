@@ -29,6 +29,7 @@ mod cpu;
 pub mod decoder;
 pub mod encoder;
 pub mod error;
+pub mod layer_norm;
 pub mod loss;
 pub mod model;
 pub mod ops;

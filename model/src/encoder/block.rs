@@ -11,6 +11,7 @@ use burn::tensor::ops::PadMode;
 
 use super::attention::{WindowAttention, WindowAttentionConfig};
 use super::window::{effective_window, window_partition, window_reverse};
+use crate::layer_norm::layer_norm;
 use crate::ops::linear;
 
 /// Swin block settings.
@@ -67,6 +68,8 @@ pub struct SwinBlock<B: Backend> {
     pub mlp: Mlp<B>,
     window_size: usize,
     shift_size: usize,
+    /// The norms' epsilon (burn's `LayerNorm` keeps its own private).
+    layer_norm_eps: f64,
 }
 
 impl SwinBlockConfig {
@@ -90,6 +93,7 @@ impl SwinBlockConfig {
             },
             window_size: self.window_size,
             shift_size: self.shift_size,
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 }
@@ -104,7 +108,9 @@ impl<B: Backend> SwinBlock<B> {
     pub fn forward(&self, x: Tensor<B, 5>, mask: Option<Tensor<B, 3>>) -> Tensor<B, 5> {
         let shortcut = x.clone();
         let x = shortcut + self.attention_part(x, mask);
-        let y = self.mlp.forward(self.norm2.forward(x.clone()));
+        let y = self
+            .mlp
+            .forward(layer_norm(&self.norm2, x.clone(), self.layer_norm_eps));
         x + y
     }
 
@@ -113,7 +119,7 @@ impl<B: Backend> SwinBlock<B> {
         let (ws, ss) = effective_window([d, h, w], self.window_size, self.shift_size);
         let pad = [0, 1, 2].map(|i| ([d, h, w][i].div_ceil(ws[i]) * ws[i]) - [d, h, w][i]);
 
-        let x = self.norm1.forward(x);
+        let x = layer_norm(&self.norm1, x, self.layer_norm_eps);
         // zeros at the high end of each axis, after the norm (padded tokens are not masked in W-MSA)
         let x = if pad.iter().any(|&p| p > 0) {
             x.pad(

@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::PadMode;
 
 use crate::config::PatchMergingMode;
+use crate::layer_norm::layer_norm;
 use crate::ops::linear;
 
 /// Offsets (d, h, w) of the eight slices the legacy merging concatenates: MONAI's `"merging"` repeats
@@ -56,6 +57,8 @@ pub struct PatchMerging<B: Backend> {
     /// `8C → 2C` projection.
     pub reduction: Linear<B>,
     legacy: bool,
+    /// The norm's epsilon (burn's `LayerNorm` keeps its own private).
+    layer_norm_eps: f64,
 }
 
 impl PatchMergingConfig {
@@ -69,6 +72,7 @@ impl PatchMergingConfig {
                 .with_bias(false)
                 .init(device),
             legacy: self.mode == PatchMergingMode::Legacy,
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 }
@@ -77,13 +81,16 @@ impl<B: Backend> PatchMerging<B> {
     /// `[B, D, H, W, C] -> [B, ⌈D/2⌉, ⌈H/2⌉, ⌈W/2⌉, 2C]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let gathered = self.gather(x); // [B, D/2, H/2, W/2, 8C]
-        linear(&self.reduction, self.norm.forward(gathered))
+        linear(
+            &self.reduction,
+            layer_norm(&self.norm, gathered, self.layer_norm_eps),
+        )
     }
 
     /// The normalised `8C` concatenation fed to the projection (GradNorm measures gradients of the
     /// projection, the last shared layer, from it).
     pub fn normed_input(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.norm.forward(self.gather(x))
+        layer_norm(&self.norm, self.gather(x), self.layer_norm_eps)
     }
 
     /// The `8C` concatenation of the 2×2×2 neighbours.
