@@ -462,8 +462,8 @@ fn cross_validation_tests_every_fold_on_the_same_held_out_cases() {
     );
 }
 
-/// The binary allocates with jemalloc set never to return memory (model/src/allocator.rs), and
-/// `_RJEM_MALLOC_CONF` overrides that at run time, as the docs say.
+/// Built with `--features jemalloc`, the binary allocates with jemalloc set never to return memory
+/// (model/src/allocator.rs), and `_RJEM_MALLOC_CONF` overrides that at run time, as the docs say.
 #[cfg(feature = "jemalloc")]
 #[test]
 fn the_binary_runs_on_jemalloc_with_its_settings_and_the_environment_overrides_them() {

@@ -4,11 +4,11 @@
 # Prints the tables as they are measured, then the ratios (burn seconds / PyTorch seconds; < 1: burn is
 # faster).
 #
-# burn runs on the allocator the `mtmed3d` binary uses (jemalloc, kept from returning memory:
-# model/src/allocator.rs). PyTorch runs twice: as installed (glibc malloc), and with the same
-# jemalloc and settings preloaded, when a libjemalloc.so.2 is found (Debian: apt install libjemalloc2;
-# JEMALLOC_LIB=path names another). The allocator alone moves both frameworks' times by a third or
-# more, so both comparisons are printed.
+# burn runs on the system allocator, as the `mtmed3d` binary does by default; BURN_FEATURES=jemalloc
+# runs it on jemalloc kept from returning memory (model/src/allocator.rs). PyTorch runs twice: as
+# installed (glibc malloc), and with that jemalloc and its settings preloaded, when a
+# libjemalloc.so.2 is found (Debian: apt install libjemalloc2; JEMALLOC_LIB=path names another).
+# The allocator alone moves PyTorch's time by 40 %, so both comparisons are printed.
 #
 #   model/benches/model_cpu.sh [THREADS (default: all cores)] [ITERS (default 2)] [ONLY (default fwd_bwd,parts)]
 #
@@ -22,9 +22,10 @@ cd "$(dirname "$0")/../.."
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-cargo bench -q -p mtmed3d-model --features jemalloc --bench reference_step --no-run
+features="${BURN_FEATURES:+--features $BURN_FEATURES}"
+cargo bench -q -p mtmed3d-model $features --bench reference_step --no-run
 echo "== burn, $threads threads"
-RAYON_NUM_THREADS="$threads" cargo bench -q -p mtmed3d-model --features jemalloc --bench reference_step -- \
+RAYON_NUM_THREADS="$threads" cargo bench -q -p mtmed3d-model $features --bench reference_step -- \
     --preset reference --threads "$threads" --iters "$iters" --only "$only" --json | tee "$out/burn.jsonl"
 echo "== PyTorch, $threads threads"
 OMP_NUM_THREADS="$threads" python3 -W ignore model/benches/pytorch_reference.py \
@@ -54,7 +55,7 @@ def load(path):
 burn, torch, torch_je = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
 first = next(iter(torch.values()), {})
 print(f"\nreference preset, 1x4x96^3, {first.get('threads', '?')} threads; median seconds")
-print("burn on jemalloc; PyTorch as installed (glibc) and on the same jemalloc settings")
+print(f"burn on {next(iter(burn.values()), {}).get('allocator', 'the system allocator')}; PyTorch as installed (glibc) and on jemalloc")
 print(f"{'measurement':<28}{'burn':>10}{'PyTorch':>10}{'ratio':>8}{'PyTorch je':>12}{'ratio':>8}")
 for name, b in burn.items():
     t = torch.get(name)

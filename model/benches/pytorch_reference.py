@@ -6,7 +6,7 @@ Builds the same multi-task architecture as the `reference` preset (MONAI 1.3 Swi
 RetinaNet with the same PANet neck and GroupNorm heads, 5 anchors per location) and times, at 1x4x96^3:
 inference forward, forward + backward of Dice + focal + detection-style losses, and one AdamW step.
 
-    pip install torch monai==1.3.0   # CPU wheels: --index-url https://download.pytorch.org/whl/cpu
+    pip install torch monai==1.3.0 einops   # CPU wheels: --index-url https://download.pytorch.org/whl/cpu
     python model/benches/pytorch_reference.py [--device cpu|cuda] [--iters 3] [--threads N]
         [--only inference,fwd_bwd,parts,step] [--json]
 

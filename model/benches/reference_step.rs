@@ -23,7 +23,7 @@ use mtmed3d_model::loss::{classification_focal_loss, segmentation_loss};
 use mtmed3d_model::training::Trainer;
 use mtmed3d_model::{ModelConfig, MultiTaskModel, Targets};
 
-// The allocator the `mtmed3d` binary runs on (`model/benches/model_cpu.sh` passes the feature).
+// jemalloc when built with `--features jemalloc` (`BURN_FEATURES=jemalloc model/benches/model_cpu.sh`).
 #[cfg(feature = "jemalloc")]
 mtmed3d_model::use_jemalloc!();
 

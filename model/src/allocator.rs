@@ -1,8 +1,8 @@
 //! jemalloc, set to keep the memory it frees, for the binaries that train the model.
 //!
 //! A training step on the CPU allocates and frees the same large buffers every step: burn's tensor
-//! operations return fresh tensors (the first Swin stage's MLP activation is 85 MB, its attention
-//! matrix 485 MB), and glibc's `malloc` serves every block above 32 MB with a fresh `mmap` and
+//! operations return fresh tensors (the first Swin stage's MLP activation is 85 MB, a 48-channel
+//! feature map of the decoder at 96³ 170 MB), and glibc's `malloc` serves every block above 32 MB with a fresh `mmap` and
 //! returns it with `munmap`. Each step then faults every page of them in again, 4 KiB at a time;
 //! in a profile of the `reference` encoder's forward and backward passes the kernel's page clearing
 //! alone was 20 % of the samples.
@@ -10,9 +10,10 @@
 //! jemalloc set to never purge (`dirty_decay_ms:-1`, `muzzy_decay_ms:-1`), with no dedicated arena
 //! for large blocks (`oversize_threshold:0`, whose blocks it would purge at once) and transparent
 //! huge pages (`thp:always`), hands the previous step's pages back without a fault. Measured on the
-//! `reference` preset, 2 threads (`model/README.md`): forward + backward 42.2 s → 30.3 s, peak
-//! resident memory 7.1 → 8.4 GB. With jemalloc's default purging it was slower than glibc
-//! (the pages go back to the system and fault in again).
+//! `reference` preset, 2 threads (`model/README.md`), before the fused window attention and layer
+//! norm: forward + backward 42.2 s → 30.3 s, peak resident memory 7.1 → 8.4 GB; after them the
+//! gain is smaller than the machine's drift between runs, at 5.6 → 6.6 GB. With jemalloc's default
+//! purging it was slower than glibc (the pages go back to the system and fault in again).
 //!
 //! The cost is that memory, once used, stays with the process until it ends; for a training or
 //! preprocessing run that is its peak anyway. `_RJEM_MALLOC_CONF` overrides any setting at run
