@@ -38,7 +38,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::cpu::{cast, dims, flex, recast, zeroed};
+use crate::cpu::{SharedMut, Strided, cast, dims, flex, product, recast, zeroed};
 use crate::{CpuAutodiff, CpuBackend};
 
 /// Applies a burn `Conv3d` module to `x`, through the tiled kernels here on the CPU backend.
@@ -310,69 +310,6 @@ fn scatter_col(col: &[f32], x: &mut [f32], g: &Geometry, first: usize, rows: usi
     });
 }
 
-/// A pointer shared by workers that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: only used to write disjoint ranges (one tile each) of a buffer that outlives the
-// parallel loop.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// The pointer, through a method so that closures capture the whole (`Sync`) wrapper.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
-/// A matrix operand in memory: its first element and the distance between rows and columns.
-#[derive(Clone, Copy)]
-struct Strided {
-    ptr: *const f32,
-    row: usize,
-    col: usize,
-}
-
-/// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`) on the calling thread, for an
-/// `m × k` lhs and a `k × n` rhs; `dst` is row-major with `dst_row` between rows.
-///
-/// # Safety
-/// Every operand element addressed by the sizes and strides lies inside its buffer, and `dst`
-/// is written by nothing else meanwhile.
-unsafe fn product(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    dst_row: usize,
-    accumulate: bool,
-    lhs: Strided,
-    rhs: Strided,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_row as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.col as isize,
-            lhs.row as isize,
-            rhs.ptr,
-            rhs.col as isize,
-            rhs.row as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// The convolution of `x` (`N × Cin × D × H × W`) with `weight` (`Cout × Cin × kD × kH × kW`) plus
 /// `bias`, as `N × Cout × Do × Ho × Wo`.
 pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
@@ -411,7 +348,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
                 product(
                     [g.channels_out, width, cols],
                     dst,
-                    out_volume,
+                    [out_volume, 1],
                     bias.is_some(),
                     Strided {
                         ptr: weight.as_ptr(),
@@ -423,6 +360,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
                         row: rhs_rs,
                         col: 1,
                     },
+                    1.0,
                 );
             }
         });
@@ -457,7 +395,7 @@ pub fn weight_gradient(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
             product(
                 [g.channels_out, cols, width],
                 acc.as_mut_ptr(),
-                cols,
+                [cols, 1],
                 true,
                 Strided {
                     ptr: lhs,
@@ -469,6 +407,7 @@ pub fn weight_gradient(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
                     row: 1,
                     col: rhs_cs,
                 },
+                1.0,
             );
         }
     })
@@ -554,7 +493,7 @@ fn scattered_input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f
             product(
                 [cols, width, g.channels_out],
                 col.as_mut_ptr(),
-                width,
+                [width, 1],
                 false,
                 Strided {
                     ptr: weight.as_ptr(),
@@ -566,6 +505,7 @@ fn scattered_input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f
                     row: out_volume,
                     col: 1,
                 },
+                1.0,
             );
         }
         scatter_col(col, &mut acc[n * in_volume..][..in_volume], g, first, rows);

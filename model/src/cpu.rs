@@ -1,4 +1,5 @@
-//! What the CPU kernels ([`crate::conv`], [`crate::attention_softmax`]) share: recognising burn's
+//! What the CPU kernels ([`crate::conv`], [`crate::attention_softmax`],
+//! [`crate::window_attention`], [`crate::layer_norm`]) share: recognising burn's
 //! `Flex` backends behind a type parameter, and moving values in and out of `Flex` tensors.
 
 use std::any::Any;
@@ -72,4 +73,70 @@ pub(crate) fn flex(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
         Layout::contiguous(Shape::from(shape)),
         DType::F32,
     )
+}
+
+/// A pointer shared by workers that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: the kernels use it only to write disjoint parts (a tile, a window's head) of a buffer
+// that outlives their parallel loop.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer, through a method so that closures capture the whole (`Sync`) wrapper.
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// A matrix operand in memory: its first element and the distances between rows and columns.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided {
+    pub(crate) ptr: *const f32,
+    pub(crate) row: usize,
+    pub(crate) col: usize,
+}
+
+/// `dst = scale · lhs · rhs` (or `dst += scale · lhs · rhs` when `accumulate`) on the calling
+/// thread, for an `m × k` lhs and a `k × n` rhs; `dst` has `dst_row` between rows and `dst_col`
+/// between columns.
+///
+/// # Safety
+/// Every operand element addressed by the sizes and strides lies inside its buffer, and the
+/// addressed part of `dst` is read or written by nothing else meanwhile.
+#[allow(clippy::too_many_arguments)] // gemm's own arguments, grouped as far as they go
+pub(crate) unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    [dst_row, dst_col]: [usize; 2],
+    accumulate: bool,
+    lhs: Strided,
+    rhs: Strided,
+    scale: f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_col as isize,
+            dst_row as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.ptr,
+            rhs.col as isize,
+            rhs.row as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }

@@ -21,7 +21,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::attention_softmax::attention_softmax;
-use crate::cpu::{cast, flex, recast, zeroed};
+use crate::cpu::{SharedMut, Strided, cast, flex, product, recast, zeroed};
 use crate::{CpuAutodiff, CpuBackend};
 
 /// Multi-head attention inside windows.
@@ -58,17 +58,7 @@ fn flex_window_attention(
     heads: usize,
     scale: f32,
 ) -> Tensor<CpuBackend, 3> {
-    let sizes = Sizes::new(
-        qkv.dims(),
-        bias.dims(),
-        mask.as_ref().map(Tensor::dims),
-        heads,
-    );
-    let all_f32 = [Some(&qkv), Some(&bias), mask.as_ref()]
-        .into_iter()
-        .flatten()
-        .all(|t| t.dtype() == DType::F32);
-    let (Some(sizes), true) = (sizes, all_f32) else {
+    let Some(sizes) = Sizes::of(&qkv, &bias, mask.as_ref(), heads) else {
         return composed(qkv, bias, mask, heads, scale);
     };
     let qkv = qkv.into_primitive().tensor();
@@ -147,71 +137,24 @@ impl Sizes {
         })
     }
 
+    /// The sizes of a call the kernel takes: `f32` tensors of the shapes [`Sizes::new`] accepts.
+    fn of<B: Backend>(
+        qkv: &Tensor<B, 3>,
+        bias: &Tensor<B, 3>,
+        mask: Option<&Tensor<B, 3>>,
+        heads: usize,
+    ) -> Option<Self> {
+        let all_f32 = [Some(qkv), Some(bias), mask]
+            .into_iter()
+            .flatten()
+            .all(|t| t.dtype() == DType::F32);
+        let sizes = Self::new(qkv.dims(), bias.dims(), mask.map(Tensor::dims), heads);
+        sizes.filter(|_| all_f32)
+    }
+
     /// Offset of head `h`'s query (`part` 0), key (1) or value (2) columns in window `w`.
     fn qkv_offset(&self, w: usize, part: usize, h: usize) -> usize {
         w * self.n * 3 * self.c + part * self.c + h * self.head_dim
-    }
-}
-
-/// A pointer shared by workers that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: only used to write disjoint (window, head) blocks of a buffer that outlives the
-// parallel loop.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// The pointer, through a method so that closures capture the whole (`Sync`) wrapper.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
-/// A matrix operand: its first element and the distances between rows and between columns.
-#[derive(Clone, Copy)]
-struct Operand {
-    ptr: *const f32,
-    row: usize,
-    col: usize,
-}
-
-/// `dst = beta · lhs · rhs` for an `m × k` lhs and a `k × n` rhs, on the calling thread.
-///
-/// # Safety
-/// Every element addressed by the sizes and strides lies inside its buffer, and nothing else
-/// reads or writes the addressed part of `dst` meanwhile.
-unsafe fn product(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    [dst_row, dst_col]: [usize; 2],
-    lhs: Operand,
-    rhs: Operand,
-    beta: f32,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_col as isize,
-            dst_row as isize,
-            false,
-            lhs.ptr,
-            lhs.col as isize,
-            lhs.row as isize,
-            rhs.ptr,
-            rhs.col as isize,
-            rhs.row as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
@@ -241,13 +184,14 @@ fn scores(
             [n, n, s.head_dim],
             out.as_mut_ptr(),
             [n, 1],
-            Operand {
+            false,
+            Strided {
                 ptr: qkv.as_ptr().add(s.qkv_offset(w, 0, h)),
                 row,
                 col: 1,
             },
             // kᵀ: its rows are the key's channels, its columns the key's tokens.
-            Operand {
+            Strided {
                 ptr: qkv.as_ptr().add(s.qkv_offset(w, 1, h)),
                 row: 1,
                 col: row,
@@ -434,12 +378,13 @@ fn forward_primitive(
                     [n, s.head_dim, n],
                     out_ptr.at(w * n * s.c + h * s.head_dim),
                     [s.c, 1],
-                    Operand {
+                    false,
+                    Strided {
                         ptr: p.as_ptr(),
                         row: n,
                         col: 1,
                     },
-                    Operand {
+                    Strided {
                         ptr: qkv.as_ptr().add(s.qkv_offset(w, 2, h)),
                         row: 3 * s.c,
                         col: 1,
@@ -500,12 +445,13 @@ fn backward(
                         [n, hd, n],
                         grad_ptr.at(s.qkv_offset(w, 2, h)),
                         [row, 1],
-                        Operand {
+                        false,
+                        Strided {
                             ptr: p.as_ptr(),
                             row: 1,
                             col: n,
                         },
-                        Operand {
+                        Strided {
                             ptr: g,
                             row: c,
                             col: 1,
@@ -517,12 +463,13 @@ fn backward(
                         [n, n, hd],
                         dp.as_mut_ptr(),
                         [n, 1],
-                        Operand {
+                        false,
+                        Strided {
                             ptr: g,
                             row: c,
                             col: 1,
                         },
-                        Operand {
+                        Strided {
                             ptr: v,
                             row: 1,
                             col: row,
@@ -542,12 +489,13 @@ fn backward(
                         [n, hd, n],
                         grad_ptr.at(s.qkv_offset(w, 0, h)),
                         [row, 1],
-                        Operand {
+                        false,
+                        Strided {
                             ptr: dp.as_ptr(),
                             row: n,
                             col: 1,
                         },
-                        Operand {
+                        Strided {
                             ptr: k,
                             row,
                             col: 1,
@@ -559,12 +507,13 @@ fn backward(
                         [n, hd, n],
                         grad_ptr.at(s.qkv_offset(w, 1, h)),
                         [row, 1],
-                        Operand {
+                        false,
+                        Strided {
                             ptr: dp.as_ptr(),
                             row: 1,
                             col: n,
                         },
-                        Operand {
+                        Strided {
                             ptr: q,
                             row,
                             col: 1,
@@ -636,17 +585,7 @@ fn autodiff_window_attention(
     heads: usize,
     scale: f32,
 ) -> Tensor<CpuAutodiff, 3> {
-    let sizes = Sizes::new(
-        qkv.dims(),
-        bias.dims(),
-        mask.as_ref().map(Tensor::dims),
-        heads,
-    );
-    let all_f32 = [Some(&qkv), Some(&bias), mask.as_ref()]
-        .into_iter()
-        .flatten()
-        .all(|t| t.dtype() == DType::F32);
-    let (Some(sizes), true) = (sizes, all_f32) else {
+    let Some(sizes) = Sizes::of(&qkv, &bias, mask.as_ref(), heads) else {
         return composed(qkv, bias, mask, heads, scale);
     };
     let qkv = qkv.into_primitive().tensor();

@@ -2,29 +2,13 @@
 //! the scale and the shift, for several row counts and widths, and the parameters' gradients
 //! identical whatever the thread count.
 
+mod common;
+
 use burn::nn::{LayerNorm, LayerNormConfig};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
+use common::assert_close;
 use mtmed3d_model::CpuAutodiff;
 use mtmed3d_model::layer_norm::{composed, layer_norm};
-
-/// Largest difference, relative to the reference's largest magnitude (at least 1).
-fn assert_close(ours: &TensorData, theirs: &TensorData, tolerance: f32, what: &str) {
-    let (a, b) = (
-        ours.to_vec::<f32>().unwrap(),
-        theirs.to_vec::<f32>().unwrap(),
-    );
-    assert_eq!(ours.shape, theirs.shape, "{what}: shapes");
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-    assert!(
-        worst <= tolerance * scale,
-        "{what}: largest difference {worst} (scale {scale})"
-    );
-}
 
 /// A norm of width `c` with scale and shift far from their initial ones and zeros.
 fn norm(c: usize) -> LayerNorm<CpuAutodiff> {

@@ -2,28 +2,12 @@
 //! and the gradients of the projection and of the bias, with and without the shifted-window mask,
 //! with and without autodiff.
 
+mod common;
+
 use burn::tensor::{Distribution, Tensor, TensorData};
+use common::assert_close;
 use mtmed3d_model::window_attention::{composed, window_attention};
 use mtmed3d_model::{CpuAutodiff, CpuBackend};
-
-/// Largest difference, relative to the reference's largest magnitude (at least 1).
-fn assert_close(ours: &TensorData, theirs: &TensorData, tolerance: f32, what: &str) {
-    let (a, b) = (
-        ours.to_vec::<f32>().unwrap(),
-        theirs.to_vec::<f32>().unwrap(),
-    );
-    assert_eq!(ours.shape, theirs.shape, "{what}: shapes");
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-    assert!(
-        worst <= tolerance * scale,
-        "{what}: largest difference {worst} (reference scale {scale})"
-    );
-}
 
 fn check(batch: usize, windows: usize, heads: usize, head_dim: usize, n: usize, masked: bool) {
     let device = Default::default();

@@ -163,3 +163,23 @@ pub fn dice<B: Backend>(
         2.0 * inter / (ps + ts)
     }
 }
+
+/// Asserts that `ours` equals `theirs` in shape and, element by element, to within `tolerance`
+/// times the reference's largest magnitude (at least 1).
+pub fn assert_close(ours: &TensorData, theirs: &TensorData, tolerance: f32, what: &str) {
+    assert_eq!(ours.shape, theirs.shape, "{what}: shapes");
+    let (a, b) = (
+        ours.to_vec::<f32>().unwrap(),
+        theirs.to_vec::<f32>().unwrap(),
+    );
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    assert!(
+        worst <= tolerance * scale,
+        "{what}: largest difference {worst} (scale {scale})"
+    );
+}
