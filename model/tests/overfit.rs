@@ -13,7 +13,6 @@ use mtmed3d_model::training::{PartRates, Trainer, inference_model};
 use mtmed3d_model::{CpuAutodiff, ModelConfig};
 
 #[test]
-#[ignore = "trains for several minutes on two CPU cores; run with `cargo test -p mtmed3d-model --test overfit -- --ignored`"]
 fn tiny_preset_overfits_two_phantoms() {
     let cfg = ModelConfig::tiny();
     let device = Default::default();
