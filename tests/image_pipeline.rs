@@ -334,8 +334,8 @@ fn a_yaml_reorient_pipeline_matches_nibabel_on_real_files() {
 #[test]
 fn a_crop_inside_nifti_decode_equals_the_crop_stage_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    // Cases of different sizes, in source order: the decoding worker's reused buffer grows
-    // for the second and shrinks for the third, and must carry nothing from one to the next.
+    // Cases of different sizes: the fused crop decodes only the window of each file, found
+    // from the stored bytes, and must give what decoding everything and cropping after does.
     let shapes = [[32, 32, 24], [40, 36, 28], [28, 32, 20]];
     for (i, shape) in shapes.iter().enumerate() {
         let config = PhantomConfig {

@@ -66,10 +66,12 @@ pub struct NiftiDecode {
     /// Accept a label with no nonzero voxel.
     #[serde(default)]
     pub allow_empty_label: bool,
-    /// A crop done by the decoding worker itself, right after decoding; the same parameters
-    /// as the `crop` stage, e.g. `{mode: foreground, margin: 8}`. The full-size volume (143 MB
-    /// for a BraTS case) then never waits in a queue, so at most one per decode worker exists
-    /// at a time and the peak memory of preprocessing stays the same however many cases run.
+    /// A crop done by the decoding worker itself; the same parameters as the `crop` stage,
+    /// e.g. `{mode: foreground, margin: 8}`. When the window depends on the image alone
+    /// (`center`, or `foreground` of the image), the window is found in the files' stored
+    /// bytes and only it is converted to f32: the full-size f32 volume (143 MB for a BraTS
+    /// case) never exists. Otherwise the worker decodes everything and crops right after, so
+    /// a full-size volume still never waits in a queue.
     #[serde(default)]
     pub crop: Option<Crop>,
 }
@@ -125,55 +127,23 @@ fn max_difference(a: &Affine, b: &Affine) -> f64 {
         .fold(0.0, f64::max)
 }
 
-thread_local! {
-    /// The decoding worker's buffer for full-size volumes when it crops them itself. The crop
-    /// copies its window out into fresh memory and the full volume's buffer comes back here
-    /// for the next case, so each case faults in only its cropped size (about 40 % of a
-    /// BraTS volume) instead of 143 MB: on one core those page faults, and the system's
-    /// zeroing behind them, were 13–16 % of preprocessing. Held for as long as the worker
-    /// runs, at the size of the largest case it decoded.
-    static DECODE_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// A buffer of `len` values for a decoded volume: the worker's scratch when `reuse` and it is
-/// large enough (its old values are all overwritten by the decode), else fresh zeroed memory.
-fn volume_buffer(len: usize, reuse: bool) -> Vec<f32> {
-    if reuse {
-        let mut buffer = DECODE_SCRATCH.take();
-        if buffer.capacity() >= len {
-            // Shrinking is free; growing within the capacity writes only the new tail.
-            buffer.resize(len, 0.0);
-            return buffer;
-        }
-    }
-    crate::memory::zeroed(len)
-}
-
 impl Stage for NiftiDecode {
     fn process(&self, sample: Sample, ctx: &StageContext) -> Result<Sample, StageError> {
-        let Some(crop) = &self.crop else {
-            return self.decode_case(sample, false);
-        };
-        let sample = self.decode_case(sample, true)?;
-        // Holding a second reference makes the crop copy its window out (it crops in place
-        // only a volume nothing else shares); afterwards this is the last reference.
-        let full = match sample.get(&self.image) {
-            Some(Field::F32(volume)) => Some(volume.clone()),
-            _ => None,
-        };
-        let cropped = crop.process(sample, ctx);
-        if let Some(volume) = full.and_then(|v| std::sync::Arc::try_unwrap(v).ok()) {
-            let (buffer, _) = volume.into_raw_vec_and_offset();
-            DECODE_SCRATCH.set(buffer);
+        match &self.crop {
+            None => self.decode_case(sample, None),
+            // The window depends on the image alone: decode only the window of every file.
+            Some(crop) if crop.crops_while_decoding(&self.image) => {
+                self.decode_case(sample, Some(crop))
+            }
+            Some(crop) => crop.process(self.decode_case(sample, None)?, ctx),
         }
-        cropped
     }
 }
 
 impl NiftiDecode {
-    /// Decodes a case; `reuse_scratch`: the image goes into the worker's scratch buffer (only
-    /// when the caller hands that buffer back before the sample leaves the worker).
-    fn decode_case(&self, mut sample: Sample, reuse_scratch: bool) -> Result<Sample, StageError> {
+    /// Decodes a case; with `crop` (one that [`Crop::crops_while_decoding`] the image), the
+    /// image is decoded only inside the crop's window and the rest of the sample cropped to it.
+    fn decode_case(&self, mut sample: Sample, crop: Option<&Crop>) -> Result<Sample, StageError> {
         let roles: Vec<String> = match &self.modalities {
             Some(m) => m.clone(),
             None => sample
@@ -197,10 +167,8 @@ impl NiftiDecode {
             to_f32: true,
             ..options
         };
-        // Every modality decodes straight into its channels of one stacked buffer: no
-        // per-modality array to copy from, and a BraTS case faults in 143 MB once, not twice.
-        let mut stacked: Vec<f32> = Vec::new();
-        let mut channels = 0;
+        // Every file is read and checked against the first before any is decoded.
+        let mut files = Vec::with_capacity(roles.len());
         let mut reference: Option<(PathBuf, [usize; 3], Affine, [f64; 3])> = None;
         for role in &roles {
             let path = sample.meta.sources.get(role).cloned().ok_or_else(|| {
@@ -208,17 +176,11 @@ impl NiftiDecode {
             })?;
             let file =
                 open_nifti(&path, &image_options).map_err(|e| StageError::new(e.to_string()))?;
-            let [c, x, y, z] = file.shape();
+            let [_, x, y, z] = file.shape();
             let spatial = [x, y, z];
             let affine = file.affine();
             match &reference {
-                None => {
-                    reference = Some((path.clone(), spatial, affine, file.spacing()));
-                    // Zeroed memory comes fresh from the system, so this costs no pass; it
-                    // assumes every modality has the first one's channel count, and grows
-                    // below if not.
-                    stacked = volume_buffer(roles.len() * c * x * y * z, reuse_scratch);
-                }
+                None => reference = Some((path.clone(), spatial, affine, file.spacing())),
                 Some((first, s, a, _)) => {
                     if *s != spatial {
                         return Err(StageError::file(
@@ -239,24 +201,79 @@ impl NiftiDecode {
                     }
                 }
             }
-            let n = x * y * z;
-            let range = channels * n..(channels + c) * n;
-            if stacked.len() < range.end {
-                stacked.resize(range.end, 0.0);
-            }
-            let non_finite = file
-                .read_f32_into(&mut stacked[range])
-                .map_err(|e| StageError::new(e.to_string()))?;
-            if non_finite > 0 && self.non_finite == NonFinite::Zero {
-                tracing::warn!(case = %sample.id, file = %path.display(), count = non_finite, "NaN/Inf voxels set to 0");
-            }
-            channels += c;
+            files.push((path, file));
         }
         let (first, spatial, affine, spacing) =
             reference.ok_or_else(|| StageError::new("no modality to read"))?;
-        stacked.truncate(channels * spatial.iter().product::<usize>());
-        let image = Array4::from_shape_vec((channels, spatial[0], spatial[1], spatial[2]), stacked)
-            .expect("the buffer holds exactly the decoded channels");
+        let channels: usize = files.iter().map(|(_, f)| f.shape()[0]).sum();
+        let warn_replaced = |path: &std::path::Path, count: usize| {
+            if count > 0 && self.non_finite == NonFinite::Zero {
+                tracing::warn!(case = %sample.id, file = %path.display(), count, "NaN/Inf voxels set to 0");
+            }
+        };
+        // Every modality decodes straight into its channels of one stacked buffer: no
+        // per-modality array to copy from. Zeroed memory comes fresh from the system, so it
+        // costs no pass of its own.
+        let (image, window) = match crop {
+            None => {
+                let n = spatial.iter().product::<usize>();
+                let mut stacked: Vec<f32> = crate::memory::zeroed(channels * n);
+                let mut at = 0;
+                for (path, file) in files {
+                    let len = file.shape()[0] * n;
+                    let count = file
+                        .read_f32_into(&mut stacked[at..at + len])
+                        .map_err(|e| StageError::new(e.to_string()))?;
+                    warn_replaced(&path, count);
+                    at += len;
+                }
+                (stacked, None)
+            }
+            Some(crop) => {
+                // The window comes from the nonzero voxels of all modalities, found in their
+                // stored bytes; only the window is ever converted to f32.
+                let mut voxels = Vec::with_capacity(files.len());
+                let mut foreground: Option<crate::spatial::crop::Bounds> = None;
+                for (path, file) in files {
+                    let v = file
+                        .into_voxels()
+                        .map_err(|e| StageError::new(e.to_string()))?;
+                    let scan = v.scan_f32().map_err(|e| StageError::new(e.to_string()))?;
+                    foreground = match (foreground, scan.nonzero) {
+                        (Some((alo, ahi)), Some((blo, bhi))) => Some((
+                            [0, 1, 2].map(|i| alo[i].min(blo[i])),
+                            [0, 1, 2].map(|i| ahi[i].max(bhi[i])),
+                        )),
+                        (x, None) | (None, x) => x,
+                    };
+                    voxels.push((path, v));
+                }
+                let (start, size) = crop.window(&sample.id, spatial, foreground);
+                let n = size.iter().product::<usize>();
+                let mut stacked: Vec<f32> = crate::memory::zeroed(channels * n);
+                let mut at = 0;
+                for (path, v) in &voxels {
+                    let len = v.shape()[0] * n;
+                    let count = v
+                        .read_f32_window_into(start, size, &mut stacked[at..at + len])
+                        .map_err(|e| StageError::new(e.to_string()))?;
+                    warn_replaced(path, count);
+                    at += len;
+                }
+                (stacked, Some((start, size)))
+            }
+        };
+        let image_spatial = window.map_or(spatial, |(_, size)| size);
+        let image = Array4::from_shape_vec(
+            (
+                channels,
+                image_spatial[0],
+                image_spatial[1],
+                image_spatial[2],
+            ),
+            image,
+        )
+        .expect("the buffer holds exactly the decoded channels");
         sample.insert(self.image.clone(), Field::f32(image.into_dyn()));
 
         let label_role = sample
@@ -306,6 +323,16 @@ impl NiftiDecode {
         sample.meta.original_shape = Some(spatial);
         sample.meta.spacing = spacing;
         sample.meta.history.clear();
+        if let (Some(crop), Some((start, size))) = (crop, window) {
+            crate::spatial::crop::crop_sample_after(
+                &mut sample,
+                crop.fields.as_deref(),
+                &self.image,
+                start,
+                size,
+                spatial,
+            )?;
+        }
         Ok(sample)
     }
 }

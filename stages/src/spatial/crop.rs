@@ -225,7 +225,44 @@ pub fn crop_sample(
 ) -> Result<(), StageError> {
     let names = volume_fields(sample, listed);
     let shape = common_spatial_shape(sample, &names)?;
-    for name in &names {
+    crop_sample_but(sample, &names, None, start, size, shape)
+}
+
+/// [`crop_sample`] for a sample whose volume `cropped` already is the window of a volume of
+/// spatial `shape` (a reader cropped it while decoding): the other volumes, the boxes, the
+/// affine and the history follow as if it had been cropped here.
+pub fn crop_sample_after(
+    sample: &mut Sample,
+    listed: Option<&[String]>,
+    cropped: &str,
+    start: [i64; 3],
+    size: [usize; 3],
+    shape: [usize; 3],
+) -> Result<(), StageError> {
+    let names: Vec<String> = volume_fields(sample, listed)
+        .into_iter()
+        .filter(|n| n != cropped)
+        .collect();
+    if !names.is_empty() {
+        let others = common_spatial_shape(sample, &names)?;
+        if others != shape {
+            return Err(StageError::new(format!(
+                "fields {names:?} have the spatial shape {others:?}, `{cropped}` had {shape:?}"
+            )));
+        }
+    }
+    crop_sample_but(sample, &names, Some(cropped), start, size, shape)
+}
+
+fn crop_sample_but(
+    sample: &mut Sample,
+    names: &[String],
+    cropped: Option<&str>,
+    start: [i64; 3],
+    size: [usize; 3],
+    shape: [usize; 3],
+) -> Result<(), StageError> {
+    for name in names.iter().filter(|n| Some(n.as_str()) != cropped) {
         let cropped = match sample.remove(name) {
             Some(Field::F32(a)) => Field::f32(crop_shared_or_owned(a, start, size)),
             Some(Field::U8(a)) => Field::u8(crop_shared_or_owned(a, start, size)),
@@ -333,21 +370,26 @@ impl StageConfig for Crop {
     }
 }
 
-impl Stage for Crop {
-    fn process(&self, mut sample: Sample, _: &StageContext) -> Result<Sample, StageError> {
-        let names = volume_fields(&sample, self.fields.as_deref());
-        let shape = common_spatial_shape(&sample, &names)?;
-        let (start, size) = match self.mode {
-            CropMode::Center => {
-                let size = self.size.unwrap_or(shape);
-                (centred(shape.map(|s| s as i64 / 2), size), size)
-            }
-            CropMode::Foreground => match nonzero_bounds(&sample, &self.select)? {
+impl Crop {
+    /// The window (`start`, spatial `size`) for a volume of spatial `shape` whose `select`
+    /// field has its nonzero voxels in `foreground` (used only in `foreground` mode).
+    pub fn window(
+        &self,
+        case: &str,
+        shape: [usize; 3],
+        foreground: Option<Bounds>,
+    ) -> ([i64; 3], [usize; 3]) {
+        let at_centre = || {
+            let size = self.size.unwrap_or(shape);
+            (centred(shape.map(|s| s as i64 / 2), size), size)
+        };
+        match self.mode {
+            CropMode::Center => at_centre(),
+            CropMode::Foreground => match foreground {
                 None => {
                     // Nothing to centre on: keep the centre (and say so) rather than fail.
-                    tracing::warn!(case = %sample.id, field = %self.select, "no foreground; cropping at the centre");
-                    let size = self.size.unwrap_or(shape);
-                    (centred(shape.map(|s| s as i64 / 2), size), size)
+                    tracing::warn!(case = %case, field = %self.select, "no foreground; cropping at the centre");
+                    at_centre()
                 }
                 Some((lo, hi)) => match self.size {
                     Some(size) => {
@@ -362,7 +404,29 @@ impl Stage for Crop {
                     }
                 },
             },
+        }
+    }
+
+    /// Whether the window depends on no volume but `field` (or none), and `field` is cropped:
+    /// then a reader can crop `field` as it decodes it.
+    pub fn crops_while_decoding(&self, field: &str) -> bool {
+        let crops_field = self
+            .fields
+            .as_ref()
+            .is_none_or(|f| f.iter().any(|n| n == field));
+        crops_field && (self.mode == CropMode::Center || self.select == field)
+    }
+}
+
+impl Stage for Crop {
+    fn process(&self, mut sample: Sample, _: &StageContext) -> Result<Sample, StageError> {
+        let names = volume_fields(&sample, self.fields.as_deref());
+        let shape = common_spatial_shape(&sample, &names)?;
+        let foreground = match self.mode {
+            CropMode::Center => None,
+            CropMode::Foreground => nonzero_bounds(&sample, &self.select)?,
         };
+        let (start, size) = self.window(&sample.id, shape, foreground);
         crop_sample(&mut sample, self.fields.as_deref(), start, size)?;
         Ok(sample)
     }

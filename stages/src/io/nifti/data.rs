@@ -196,10 +196,12 @@ pub(crate) fn decode<T: NiftiElement>(
     big_endian: bool,
 ) -> Array4<T> {
     let mut data = vec![T::default(); shape.iter().product()];
+    let [_, x, y, z] = shape;
+    let whole = Window::inside([0; 3], [x, y, z], [x, y, z]);
     if big_endian {
-        decode_into::<T, T, true>(raw, shape, |v| v, &mut data)
+        decode_into::<T, T, true>(raw, shape, &whole, |v| v, &mut data)
     } else {
-        decode_into::<T, T, false>(raw, shape, |v| v, &mut data)
+        decode_into::<T, T, false>(raw, shape, &whole, |v| v, &mut data)
     };
     Array4::from_shape_vec(shape, data).expect("decode produces exactly the shape's length")
 }
@@ -226,15 +228,173 @@ pub(crate) fn decode_f32_into<T: NiftiElement>(
     scaling: Option<(f64, f64)>,
     out: &mut [f32],
 ) {
+    let [_, x, y, z] = shape;
+    let whole = Window::inside([0; 3], [x, y, z], [x, y, z]);
+    decode_f32_window_into::<T>(raw, shape, big_endian, scaling, &whole, out);
+}
+
+/// Where a decode writes: the input box `[lo, hi)` lands at `offset` of an output of spatial
+/// `size` per channel (`[C, size]`, standard layout). Output voxels outside the box are left
+/// as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub lo: [usize; 3],
+    pub hi: [usize; 3],
+    pub size: [usize; 3],
+    pub offset: [usize; 3],
+}
+
+impl Window {
+    /// The box `[lo, hi)` written to an output of exactly its size.
+    pub fn inside(lo: [usize; 3], hi: [usize; 3], spatial: [usize; 3]) -> Window {
+        debug_assert!((0..3).all(|a| lo[a] <= hi[a] && hi[a] <= spatial[a]));
+        Window {
+            lo,
+            hi,
+            size: [0, 1, 2].map(|a| hi[a] - lo[a]),
+            offset: [0; 3],
+        }
+    }
+
+    /// The part inside a volume of spatial shape `spatial` of the window of `size` starting at
+    /// `start` (negative or past the end: outside); `None` when they do not overlap.
+    pub fn of_crop(start: [i64; 3], size: [usize; 3], spatial: [usize; 3]) -> Option<Window> {
+        let mut w = Window {
+            lo: [0; 3],
+            hi: [0; 3],
+            size,
+            offset: [0; 3],
+        };
+        for a in 0..3 {
+            let lo = start[a].max(0);
+            let hi = (start[a] + size[a] as i64).min(spatial[a] as i64);
+            if lo >= hi {
+                return None;
+            }
+            w.lo[a] = lo as usize;
+            w.hi[a] = hi as usize;
+            w.offset[a] = (lo - start[a]) as usize;
+        }
+        Some(w)
+    }
+
+    /// Whether the window covers its whole output (no padding left unwritten).
+    pub fn fills_output(&self) -> bool {
+        (0..3).all(|a| self.offset[a] == 0 && self.hi[a] - self.lo[a] == self.size[a])
+    }
+}
+
+/// [`decode_f32_into`] of one window: the box `window.lo..window.hi` of every channel,
+/// written into `out` (`[C, window.size]`), scaled as [`VoxelData::to_f32`].
+pub(crate) fn decode_f32_window_into<T: NiftiElement>(
+    raw: &[u8],
+    shape: [usize; 4],
+    big_endian: bool,
+    scaling: Option<(f64, f64)>,
+    window: &Window,
+    out: &mut [f32],
+) {
     let (slope, inter) = scaling.unwrap_or((1.0, 0.0));
     let scale = |v: T| (v.to_f64() * slope + inter) as f32;
     let plain = |v: T| v.to_f64() as f32;
     match (big_endian, scaling.is_some()) {
-        (false, false) => decode_into::<T, f32, false>(raw, shape, plain, out),
-        (true, false) => decode_into::<T, f32, true>(raw, shape, plain, out),
-        (false, true) => decode_into::<T, f32, false>(raw, shape, scale, out),
-        (true, true) => decode_into::<T, f32, true>(raw, shape, scale, out),
+        (false, false) => decode_into::<T, f32, false>(raw, shape, window, plain, out),
+        (true, false) => decode_into::<T, f32, true>(raw, shape, window, plain, out),
+        (false, true) => decode_into::<T, f32, false>(raw, shape, window, scale, out),
+        (true, true) => decode_into::<T, f32, true>(raw, shape, window, scale, out),
     }
+}
+
+/// What a scan of all voxels found: the box `[lo, hi)` of the voxels that are nonzero once
+/// decoded to f32 (any channel), and the non-finite ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Scan {
+    pub bounds: Option<([usize; 3], [usize; 3])>,
+    pub non_finite: usize,
+    /// The first non-finite voxel in `[C, X, Y, Z]` order, as a flat index of that layout.
+    pub first_non_finite: Option<usize>,
+}
+
+/// Scans NIfTI voxel bytes as [`decode_f32_into`] would decode them, without writing them
+/// anywhere. Non-finite values are counted only with `check_finite` (the datatype and
+/// scaling can make them); with `non_finite_is_zero` they count as 0 (the policy that
+/// replaces them), else as nonzero.
+pub(crate) fn scan_f32<T: NiftiElement>(
+    raw: &[u8],
+    [c, nx, ny, nz]: [usize; 4],
+    big_endian: bool,
+    scaling: Option<(f64, f64)>,
+    check_finite: bool,
+    non_finite_is_zero: bool,
+) -> Scan {
+    let (slope, inter) = scaling.unwrap_or((1.0, 0.0));
+    let s = T::SIZE;
+    let value = |b: &[u8]| {
+        let v = if big_endian {
+            T::from_bytes::<true>(b)
+        } else {
+            T::from_bytes::<false>(b)
+        };
+        match scaling {
+            Some(_) => (v.to_f64() * slope + inter) as f32,
+            None => v.to_f64() as f32,
+        }
+    };
+    let foreground = |v: f32| v != 0.0 && (v.is_finite() || !non_finite_is_zero);
+    // One task per z plane of one channel; planes merge in any order.
+    let planes = c * nz;
+    let per_plane = |p: usize| {
+        let (ci, z) = (p / nz, p % nz);
+        let mut scan = Scan::default();
+        let mut first_key = usize::MAX;
+        let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (usize::MAX, 0, usize::MAX, 0);
+        for y in 0..ny {
+            let start = ((ci * nz + z) * ny + y) * nx * s;
+            let row = &raw[start..start + nx * s];
+            if check_finite {
+                for (x, b) in row.chunks_exact(s).enumerate() {
+                    if !value(b).is_finite() {
+                        scan.non_finite += 1;
+                        first_key = first_key.min(((ci * nx + x) * ny + y) * nz + z);
+                    }
+                }
+            }
+            let Some(first) = row.chunks_exact(s).position(|b| foreground(value(b))) else {
+                continue;
+            };
+            let last = row
+                .chunks_exact(s)
+                .rposition(|b| foreground(value(b)))
+                .unwrap_or(first);
+            x_lo = x_lo.min(first);
+            x_hi = x_hi.max(last + 1);
+            y_lo = y_lo.min(y);
+            y_hi = y + 1;
+        }
+        if x_lo != usize::MAX {
+            scan.bounds = Some(([x_lo, y_lo, z], [x_hi, y_hi, z + 1]));
+        }
+        scan.first_non_finite = (first_key != usize::MAX).then_some(first_key);
+        scan
+    };
+    let merge = |a: Scan, b: Scan| Scan {
+        bounds: match (a.bounds, b.bounds) {
+            (Some((alo, ahi)), Some((blo, bhi))) => Some((
+                [0, 1, 2].map(|i| alo[i].min(blo[i])),
+                [0, 1, 2].map(|i| ahi[i].max(bhi[i])),
+            )),
+            (x, None) | (None, x) => x,
+        },
+        non_finite: a.non_finite + b.non_finite,
+        first_non_finite: match (a.first_non_finite, b.first_non_finite) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, None) | (None, x) => x,
+        },
+    };
+    (0..planes)
+        .into_par_iter()
+        .map(per_plane)
+        .reduce(Scan::default, merge)
 }
 
 /// Voxels along z in one tile of [`decode_into`]: 32 f32 fill two 64-byte cache lines.
@@ -242,7 +402,8 @@ const TILE_Z: usize = 32;
 /// Most voxels along x in one tile: 256 bytes of u8 input.
 const MAX_TILE_X: usize = 256;
 
-/// The transposition `[Z][Y][X] -> [X][Y][Z]` per channel, fused with byte decoding.
+/// The transposition `[Z][Y][X] -> [X][Y][Z]` per channel, fused with byte decoding, of the
+/// box `window.lo..window.hi` into `out` (`[C, window.size]`).
 ///
 /// For each y this transposes a z × x matrix, by tiles of 256 input bytes along x (128 i16)
 /// and 32 z: the tile's 32 input runs are read whole and converted into a small buffer, then
@@ -253,22 +414,25 @@ const MAX_TILE_X: usize = 256;
 fn decode_into<T: NiftiElement, U: Copy + Default + Send + Sync, const BIG: bool>(
     raw: &[u8],
     [c, nx, ny, nz]: [usize; 4],
+    window: &Window,
     map: impl Fn(T) -> U + Sync,
     out: &mut [U],
 ) {
     let n = nx * ny * nz;
     let s = T::SIZE;
     debug_assert_eq!(raw.len(), c * n * s);
+    let out_n: usize = window.size.iter().product();
     assert_eq!(
         out.len(),
-        c * n,
+        c * out_n,
         "the output holds exactly the decoded values"
     );
-    if n == 0 {
+    if n == 0 || out_n == 0 {
         return;
     }
+    let whole = window.lo == [0; 3] && window.hi == [nx, ny, nz] && window.fills_output();
     // With at most one spatial axis longer than 1, storage order already is output order.
-    if [nx, ny, nz].iter().filter(|&&d| d > 1).count() <= 1 {
+    if whole && [nx, ny, nz].iter().filter(|&&d| d > 1).count() <= 1 {
         out.par_chunks_mut(1 << 16)
             .zip(raw.par_chunks(s << 16))
             .for_each(|(o, r)| {
@@ -278,29 +442,36 @@ fn decode_into<T: NiftiElement, U: Copy + Default + Send + Sync, const BIG: bool
             });
         return;
     }
+    let Window {
+        lo,
+        hi,
+        size,
+        offset,
+    } = *window;
+    let [wx, wy, wz] = [0, 1, 2].map(|a| hi[a] - lo[a]);
     let bx = (256 / s).clamp(1, MAX_TILE_X);
-    let plane = ny * nz;
-    out.par_chunks_mut(n)
+    let plane = size[1] * size[2];
+    out.par_chunks_mut(out_n)
         .zip(raw.par_chunks(n * s))
         .for_each(|(out_c, raw_c)| {
-            out_c
+            out_c[offset[0] * plane..(offset[0] + wx) * plane]
                 .par_chunks_mut(bx * plane)
                 .enumerate()
                 .for_each(|(blk, out_b)| {
-                    let x0 = blk * bx;
+                    let x0 = lo[0] + blk * bx;
                     let w = out_b.len() / plane;
                     let mut tile = [[U::default(); TILE_Z]; MAX_TILE_X];
-                    for y in 0..ny {
-                        for z0 in (0..nz).step_by(TILE_Z) {
-                            let depth = TILE_Z.min(nz - z0);
+                    for y in 0..wy {
+                        for z0 in (0..wz).step_by(TILE_Z) {
+                            let depth = TILE_Z.min(wz - z0);
                             for dz in 0..depth {
-                                let start = (((z0 + dz) * ny + y) * nx + x0) * s;
+                                let start = (((lo[2] + z0 + dz) * ny + lo[1] + y) * nx + x0) * s;
                                 let row = &raw_c[start..start + w * s];
                                 for (column, b) in tile.iter_mut().zip(row.chunks_exact(s)) {
                                     column[dz] = map(T::from_bytes::<BIG>(b));
                                 }
                             }
-                            let dst = y * nz + z0;
+                            let dst = (offset[1] + y) * size[2] + offset[2] + z0;
                             for (i, column) in tile.iter().take(w).enumerate() {
                                 let at = i * plane + dst;
                                 out_b[at..at + depth].copy_from_slice(&column[..depth]);
@@ -421,6 +592,96 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn window_decodes_equal_cropping_the_whole_decode() {
+        // Several x blocks and z tiles with remainders; windows inside, at the edges, reaching
+        // outside (padding), larger than the volume, and disjoint from it.
+        let shape = [2, 300, 5, 70];
+        let a = Array4::from_shape_fn(shape, |(c, x, y, z)| {
+            ((c * 7919 + x * 131 + y * 17 + z) % 2000) as i16 - 1000
+        });
+        let raw = naive_bytes(&a, false);
+        let scaling = Some((0.5, 1.0));
+        let whole = decode_f32::<i16>(&raw, shape, false, scaling).into_dyn();
+        for (start, size) in [
+            ([3, 1, 5], [290, 3, 60]),
+            ([0, 0, 0], [300, 5, 70]),
+            ([-4, -2, -3], [308, 9, 76]),
+            ([250, 2, 40], [100, 6, 40]),
+            ([-10, 0, 0], [5, 5, 5]),
+        ] {
+            let expected = crate::spatial::crop::crop_array(&whole, start, size);
+            // As `NiftiVoxels::read_f32_window_into` calls it: stale values where it writes,
+            // zeros where it does not.
+            let mut out = vec![f32::NAN; 2 * size.iter().product::<usize>()];
+            match Window::of_crop(start, size, [300, 5, 70]) {
+                Some(w) => {
+                    if !w.fills_output() {
+                        out.fill(0.0);
+                    }
+                    decode_f32_window_into::<i16>(&raw, shape, false, scaling, &w, &mut out);
+                }
+                None => out.fill(0.0),
+            }
+            assert_eq!(out, expected.as_slice().unwrap(), "{start:?} {size:?}");
+        }
+    }
+
+    #[test]
+    fn scans_find_the_nonzero_box_and_the_non_finite_voxels_a_decode_would() {
+        let shape = [2, 9, 6, 5];
+        let mut a = Array4::<f32>::zeros(shape);
+        a[[0, 2, 1, 3]] = 1.0;
+        a[[1, 7, 4, 1]] = -2.0;
+        a[[1, 3, 0, 4]] = f32::NAN;
+        a[[0, 8, 5, 0]] = f32::INFINITY;
+        let mut raw = Vec::new();
+        for c in 0..2 {
+            for z in 0..5 {
+                for y in 0..6 {
+                    for x in 0..9 {
+                        raw.extend_from_slice(&a[[c, x, y, z]].to_le_bytes());
+                    }
+                }
+            }
+        }
+        let decoded = decode_f32::<f32>(&raw, shape, false, None);
+        let (count, first) = count_non_finite(decoded.as_slice().unwrap());
+        let nonzero = |skip_non_finite: bool| {
+            crate::fields::bounds_where(decoded.view().into_dyn(), |v| {
+                *v != 0.0 && (v.is_finite() || !skip_non_finite)
+            })
+        };
+        for zero in [false, true] {
+            let scan = scan_f32::<f32>(&raw, shape, false, None, true, zero);
+            assert_eq!(scan.bounds, nonzero(zero), "zero={zero}");
+            assert_eq!((scan.non_finite, scan.first_non_finite), (count, first));
+        }
+        assert_eq!(count, 2);
+        assert_eq!(
+            scan_f32::<f32>(&raw, shape, false, None, true, true).bounds,
+            Some(([2, 1, 1], [8, 5, 4]))
+        );
+        // Integers scaled: zero where slope × v + inter is.
+        let ints = Array4::from_shape_fn([1, 4, 3, 2], |(_, x, y, _)| (x + y) as i16);
+        let raw = naive_bytes(&ints, false);
+        let scan = scan_f32::<i16>(&raw, [1, 4, 3, 2], false, Some((1.0, -5.0)), true, false);
+        assert_eq!(scan.bounds, Some(([0, 0, 0], [4, 3, 2])));
+        let scan = scan_f32::<i16>(&raw, [1, 4, 3, 2], false, None, false, false);
+        assert_eq!(scan.bounds, Some(([0, 0, 0], [4, 3, 2])));
+        let only_origin_zero =
+            Array4::from_shape_fn([1, 4, 3, 2], |(_, x, y, _)| i16::from(x == 3 && y == 2));
+        let raw = naive_bytes(&only_origin_zero, false);
+        let scan = scan_f32::<i16>(&raw, [1, 4, 3, 2], false, None, false, false);
+        assert_eq!(scan.bounds, Some(([3, 2, 0], [4, 3, 2])));
+        assert_eq!(scan.non_finite, 0);
+        let raw = naive_bytes(&Array4::zeros([1, 4, 3, 2]), false);
+        assert_eq!(
+            scan_f32::<i16>(&raw, [1, 4, 3, 2], false, None, false, false).bounds,
+            None
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use header::{
     NiftiVersion, xform,
 };
 pub use read::{
-    NiftiImage, NonFinitePolicy, OpenNifti, ReadOptions, open_nifti, read_header, read_nifti,
-    read_nifti_bytes, read_nifti_with,
+    NiftiImage, NiftiVoxels, NonFinitePolicy, OpenNifti, ReadOptions, VoxelScan, open_nifti,
+    read_header, read_nifti, read_nifti_bytes, read_nifti_with,
 };
 pub use write::{WriteOptions, write_nifti};

@@ -11,8 +11,8 @@ use super::inflate::{gunzip_single_member, release};
 use ndarray::Array4;
 
 use super::data::{
-    NiftiElement, VoxelData, count_non_finite, decode, decode_f32, decode_f32_into, dispatch,
-    unravel, zero_non_finite,
+    NiftiElement, VoxelData, Window, count_non_finite, decode, decode_f32, decode_f32_into,
+    decode_f32_window_into, dispatch, scan_f32, unravel, zero_non_finite,
 };
 use super::error::{NiftiError, NiftiErrorKind, Section};
 use super::header::{
@@ -350,6 +350,177 @@ impl<'a> OpenNifti<'a> {
             out,
         )
         .map_err(|k| NiftiError::new(&data_path, k))
+    }
+}
+
+impl<'a> OpenNifti<'a> {
+    /// Reads the voxel bytes without decoding them, for [`NiftiVoxels::scan_f32`] and windowed
+    /// decodes: a caller that crops gets only the window it keeps, never the whole volume
+    /// as f32. A gzip file's bytes stay where it was inflated (no copy).
+    pub fn into_voxels(mut self) -> Result<NiftiVoxels<'a>, NiftiError> {
+        let at = |k| NiftiError::new(&self.data_path, k);
+        let start = match &self.source.reader {
+            Reader::Memory(cursor) => Some(cursor.position() as usize),
+            Reader::Stream(_) => None,
+        };
+        let raw = match voxel_bytes(&mut self.source, &self.header, &self.options).map_err(at)? {
+            Cow::Borrowed(bytes) => {
+                let start = start.expect("only an inflated file's bytes are borrowed");
+                RawBytes::InSource(start..start + bytes.len())
+            }
+            Cow::Owned(bytes) => RawBytes::Owned(bytes),
+        };
+        let may_be_non_finite = may_be_non_finite(&self.header).map_err(at)?;
+        let scaling = self.header.scaling().map_err(at)?;
+        Ok(NiftiVoxels {
+            open: self,
+            raw,
+            scaling,
+            may_be_non_finite,
+        })
+    }
+}
+
+enum RawBytes {
+    /// A range of the inflated file held by the source.
+    InSource(std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+/// A file's voxel bytes, read but not decoded; see [`OpenNifti::into_voxels`].
+pub struct NiftiVoxels<'a> {
+    open: OpenNifti<'a>,
+    raw: RawBytes,
+    scaling: Option<(f64, f64)>,
+    may_be_non_finite: bool,
+}
+
+/// What [`NiftiVoxels::scan_f32`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoxelScan {
+    /// The spatial box `[lo, hi)` of the voxels that are nonzero as f32 (any channel).
+    pub nonzero: Option<([usize; 3], [usize; 3])>,
+    /// NaN or infinite voxels (0 where the datatype and scaling cannot make them).
+    pub non_finite: usize,
+}
+
+impl NiftiVoxels<'_> {
+    /// `[C, X, Y, Z]` of the voxels.
+    pub fn shape(&self) -> [usize; 4] {
+        self.open.shape
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match (&self.raw, &self.open.source.reader) {
+            (RawBytes::Owned(bytes), _) => bytes,
+            (RawBytes::InSource(range), Reader::Memory(cursor)) => &cursor.get_ref()[range.clone()],
+            (RawBytes::InSource(_), Reader::Stream(_)) => {
+                unreachable!("bytes in the source only for an inflated file")
+            }
+        }
+    }
+
+    /// Scans every voxel as [`OpenNifti::read_f32_into`] would decode it, with the options'
+    /// NaN policy: an error for non-finite voxels anywhere under
+    /// [`NonFinitePolicy::Error`], and under [`NonFinitePolicy::ReplaceWithZero`] they are
+    /// not part of the nonzero box (they will be 0).
+    pub fn scan_f32(&self) -> Result<VoxelScan, NiftiError> {
+        let header = &self.open.header;
+        let policy = self.open.options.non_finite;
+        let big = header.endianness == Endianness::Big;
+        let (raw, shape, scaling) = (self.bytes(), self.open.shape, self.scaling);
+        let (check, zero) = (
+            self.may_be_non_finite,
+            policy == NonFinitePolicy::ReplaceWithZero,
+        );
+        let scan = match header.datatype {
+            DataType::U8 => scan_f32::<u8>(raw, shape, big, scaling, check, zero),
+            DataType::I8 => scan_f32::<i8>(raw, shape, big, scaling, check, zero),
+            DataType::I16 => scan_f32::<i16>(raw, shape, big, scaling, check, zero),
+            DataType::U16 => scan_f32::<u16>(raw, shape, big, scaling, check, zero),
+            DataType::I32 => scan_f32::<i32>(raw, shape, big, scaling, check, zero),
+            DataType::U32 => scan_f32::<u32>(raw, shape, big, scaling, check, zero),
+            DataType::I64 => scan_f32::<i64>(raw, shape, big, scaling, check, zero),
+            DataType::U64 => scan_f32::<u64>(raw, shape, big, scaling, check, zero),
+            DataType::F32 => scan_f32::<f32>(raw, shape, big, scaling, check, zero),
+            DataType::F64 => scan_f32::<f64>(raw, shape, big, scaling, check, zero),
+        };
+        if scan.non_finite > 0 {
+            let first = unravel(scan.first_non_finite.unwrap_or(0), shape);
+            let count = scan.non_finite;
+            match policy {
+                NonFinitePolicy::Error => {
+                    return Err(NiftiError::new(
+                        &self.open.data_path,
+                        NiftiErrorKind::NonFinite { count, first },
+                    ));
+                }
+                NonFinitePolicy::ReplaceWithZero => {
+                    tracing::warn!(file = %self.open.data_path.display(), count, ?first, "NaN or infinite voxels replaced by 0")
+                }
+                NonFinitePolicy::Keep => {}
+            }
+        }
+        Ok(VoxelScan {
+            nonzero: scan.bounds,
+            non_finite: scan.non_finite,
+        })
+    }
+
+    /// Decodes the window of spatial `size` starting at `start` (negative or past the end:
+    /// zero padding) as f32 with the scaling applied into `out` (`[C, size]`), every value of
+    /// which it writes. Non-finite values in the window follow the options' NaN policy
+    /// ([`scan_f32`](Self::scan_f32) is what checks the whole volume); returns how many the
+    /// window held.
+    ///
+    /// # Panics
+    /// If `out` does not hold exactly `C × size` values.
+    pub fn read_f32_window_into(
+        &self,
+        start: [i64; 3],
+        size: [usize; 3],
+        out: &mut [f32],
+    ) -> Result<usize, NiftiError> {
+        let [c, x, y, z] = self.open.shape;
+        assert_eq!(
+            out.len(),
+            c * size.iter().product::<usize>(),
+            "read_f32_window_into needs a buffer of exactly the window's size"
+        );
+        let Some(window) = Window::of_crop(start, size, [x, y, z]) else {
+            out.fill(0.0);
+            return Ok(0);
+        };
+        if !window.fills_output() {
+            out.fill(0.0);
+        }
+        let header = &self.open.header;
+        let big = header.endianness == Endianness::Big;
+        let (raw, shape, scaling) = (self.bytes(), self.open.shape, self.scaling);
+        let w = &window;
+        match header.datatype {
+            DataType::U8 => decode_f32_window_into::<u8>(raw, shape, big, scaling, w, out),
+            DataType::I8 => decode_f32_window_into::<i8>(raw, shape, big, scaling, w, out),
+            DataType::I16 => decode_f32_window_into::<i16>(raw, shape, big, scaling, w, out),
+            DataType::U16 => decode_f32_window_into::<u16>(raw, shape, big, scaling, w, out),
+            DataType::I32 => decode_f32_window_into::<i32>(raw, shape, big, scaling, w, out),
+            DataType::U32 => decode_f32_window_into::<u32>(raw, shape, big, scaling, w, out),
+            DataType::I64 => decode_f32_window_into::<i64>(raw, shape, big, scaling, w, out),
+            DataType::U64 => decode_f32_window_into::<u64>(raw, shape, big, scaling, w, out),
+            DataType::F32 => decode_f32_window_into::<f32>(raw, shape, big, scaling, w, out),
+            DataType::F64 => decode_f32_window_into::<f64>(raw, shape, big, scaling, w, out),
+        }
+        if !self.may_be_non_finite {
+            return Ok(0);
+        }
+        let out_shape = [c, size[0], size[1], size[2]];
+        non_finite_policy_on(
+            out,
+            out_shape,
+            &self.open.data_path,
+            self.open.options.non_finite,
+        )
+        .map_err(|k| NiftiError::new(&self.open.data_path, k))
     }
 }
 
