@@ -17,32 +17,57 @@ use libdeflate_sys::{
 };
 
 thread_local! {
-    /// The last inflated buffer this thread let go of, kept for its next file. A BraTS case
-    /// inflates four 18 MB volumes in a row, and fresh memory costs a page fault (and the
-    /// system's zeroing) per page; a reused buffer costs neither.
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// Inflated buffers this thread let go of, kept for its next files. A BraTS case inflates
+    /// four 18 MB volumes (held together while a crop is found in them) and a label, and
+    /// fresh memory costs a page fault (and the system's zeroing) per page; a reused buffer
+    /// costs neither.
+    static SPARES: Cell<Vec<Vec<u8>>> = const { Cell::new(Vec::new()) };
 }
 
 /// Buffers larger than this are returned to the system rather than kept per thread.
 const SPARE_LIMIT: usize = 64 << 20;
+/// Most buffers kept per thread: a case's files, with room for a few more modalities.
+const SPARES_KEPT: usize = 8;
 
-/// An empty buffer with room for `capacity` bytes: the thread's spare one if large enough.
+/// An empty buffer with room for `capacity` bytes: the smallest of the thread's spare ones
+/// that is large enough, else a new one.
 fn take_spare(capacity: usize) -> Option<Vec<u8>> {
-    let mut buffer = SPARE.take();
+    let mut spares = SPARES.take();
+    let fit = spares
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.capacity() >= capacity)
+        .min_by_key(|(_, b)| b.capacity())
+        .map(|(i, _)| i);
+    let buffer = fit.map(|i| spares.swap_remove(i));
+    SPARES.set(spares);
+    let mut buffer = match buffer {
+        Some(b) => b,
+        None => {
+            let mut b = Vec::new();
+            b.try_reserve_exact(capacity).ok()?;
+            crate::memory::advise_huge_pages(b.spare_capacity_mut());
+            b
+        }
+    };
     buffer.clear();
-    if buffer.capacity() < capacity {
-        buffer = Vec::new();
-        buffer.try_reserve_exact(capacity).ok()?;
-        crate::memory::advise_huge_pages(buffer.spare_capacity_mut());
-    }
     Some(buffer)
 }
 
-/// Hands an inflated buffer back for the thread's next file.
+/// Hands an inflated buffer back for the thread's next files; with the thread's spares full,
+/// the smallest one goes back to the system.
 pub(crate) fn release(buffer: Vec<u8>) {
-    if buffer.capacity() <= SPARE_LIMIT {
-        SPARE.set(buffer);
+    if buffer.capacity() == 0 || buffer.capacity() > SPARE_LIMIT {
+        return;
     }
+    let mut spares = SPARES.take();
+    spares.push(buffer);
+    if spares.len() > SPARES_KEPT
+        && let Some(smallest) = (0..spares.len()).min_by_key(|&i| spares[i].capacity())
+    {
+        spares.swap_remove(smallest);
+    }
+    SPARES.set(spares);
 }
 
 /// The decompressed bytes when `input` is exactly one gzip member of `expected` bytes.
@@ -95,6 +120,38 @@ mod tests {
         let mut e = GzEncoder::new(Vec::new(), Compression::new(6));
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn released_buffers_are_reused_smallest_fit_first_and_bounded_in_number() {
+        // A thread of its own: the spares are per thread.
+        std::thread::spawn(|| {
+            let sizes = [4 << 10, 64 << 10, 16 << 10];
+            let buffers: Vec<Vec<u8>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+            let at: Vec<*const u8> = buffers.iter().map(|b| b.as_ptr()).collect();
+            buffers.into_iter().for_each(release);
+            let mid = take_spare(10 << 10).unwrap();
+            assert_eq!(
+                (mid.as_ptr(), mid.len()),
+                (at[2], 0),
+                "the 16 KiB one fits best"
+            );
+            let big = take_spare(20 << 10).unwrap();
+            assert_eq!(big.as_ptr(), at[1]);
+            let fresh = take_spare(100 << 10).unwrap();
+            assert!(fresh.capacity() >= 100 << 10 && !at.contains(&fresh.as_ptr()));
+            for n in 1..=SPARES_KEPT + 3 {
+                release(Vec::with_capacity(n << 10));
+            }
+            let kept = SPARES.take();
+            assert_eq!(kept.len(), SPARES_KEPT);
+            assert!(
+                kept.iter().all(|b| b.capacity() >= 4 << 10),
+                "the smallest went"
+            );
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
