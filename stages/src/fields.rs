@@ -88,6 +88,20 @@ pub fn common_spatial_shape(sample: &Sample, fields: &[String]) -> Result<[usize
         .ok_or_else(|| StageError::new("the sample has no volume to transform"))
 }
 
+/// The smallest box `[lo, hi)` holding both boxes (either may be absent).
+pub fn union_of_bounds(
+    a: Option<([usize; 3], [usize; 3])>,
+    b: Option<([usize; 3], [usize; 3])>,
+) -> Option<([usize; 3], [usize; 3])> {
+    match (a, b) {
+        (Some((alo, ahi)), Some((blo, bhi))) => Some((
+            [0, 1, 2].map(|i| alo[i].min(blo[i])),
+            [0, 1, 2].map(|i| ahi[i].max(bhi[i])),
+        )),
+        (x, None) | (None, x) => x,
+    }
+}
+
 /// Spatial bounds `[lo, hi)` of the voxels where `inside` holds, over every leading
 /// (channel) index, in one pass over memory: whole rows along the last axis are tested, and
 /// only a row's ends are scanned for the last axis's bounds.

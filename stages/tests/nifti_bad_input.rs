@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use mtmed3d_stages::io::nifti::{
     NiftiError, NiftiErrorKind, NiftiVersion, NonFinitePolicy, ReadOptions, Section, VoxelData,
-    WriteOptions, read_header, read_nifti, read_nifti_bytes, read_nifti_with, write_nifti,
+    WriteOptions, open_nifti, read_header, read_nifti, read_nifti_bytes, read_nifti_with,
+    write_nifti,
 };
 use mtmed3d_stages::spatial::orientation::IDENTITY_AFFINE;
 use ndarray::Array4;
@@ -421,6 +422,89 @@ fn nan_and_inf_voxels() {
     let img = read_nifti_with(&path, &keep).unwrap();
     assert_eq!(img.non_finite_count(), 3);
     assert!(img.to_f32()[[0, 1, 2, 3]].is_nan());
+}
+
+#[test]
+fn windowed_reads_equal_cropping_the_whole_read_and_scans_see_every_voxel() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Scaled int16, plain and gzipped (the voxel bytes owned, or borrowed from the inflated
+    // file), into a buffer holding stale values that every read must overwrite.
+    let a = Array4::from_shape_fn((2, 40, 30, 20), |(c, x, y, z)| {
+        if (8..30).contains(&x) && (5..25).contains(&y) && z > 2 {
+            ((c * 5 + x * 7 + y * 13 + z * 31) % 1000) as i16 - 500
+        } else {
+            0
+        }
+    });
+    let options = WriteOptions {
+        scaling: Some((0.5, 0.0)),
+        ..WriteOptions::default()
+    };
+    for name in ["w.nii", "w.nii.gz"] {
+        let path = tmp.path().join(name);
+        write_nifti(&path, a.view(), &IDENTITY_AFFINE, &options).unwrap();
+        let whole = read_nifti(&path).unwrap().into_f32().into_dyn();
+        let voxels = open_nifti(&path, &ReadOptions::default())
+            .unwrap()
+            .into_voxels()
+            .unwrap();
+        assert_eq!(voxels.shape(), [2, 40, 30, 20]);
+        let scan = voxels.scan_f32().unwrap();
+        assert_eq!(scan.nonzero, Some(([8, 5, 3], [30, 25, 20])), "{name}");
+        assert_eq!(scan.non_finite, 0);
+        for (start, size) in [
+            ([8, 5, 3], [22, 20, 17]),
+            ([0, 0, 0], [40, 30, 20]),
+            ([-3, 25, 10], [50, 10, 15]),
+            ([41, 0, 0], [4, 4, 4]),
+        ] {
+            let expected = mtmed3d_stages::spatial::crop::crop_array(&whole, start, size);
+            let mut out = vec![f32::NAN; expected.len()];
+            let replaced = voxels.read_f32_window_into(start, size, &mut out).unwrap();
+            assert_eq!(replaced, 0);
+            assert_eq!(
+                out,
+                expected.as_slice().unwrap(),
+                "{name} {start:?} {size:?}"
+            );
+        }
+    }
+    // A NaN outside the window still fails a strict read; replaced, it is no foreground.
+    let mut f = Array4::<f32>::zeros((1, 10, 10, 10));
+    f[[0, 4, 4, 4]] = 2.0;
+    f[[0, 9, 0, 1]] = f32::NAN;
+    let path = tmp.path().join("nan.nii.gz");
+    write_nifti(&path, f.view(), &IDENTITY_AFFINE, &WriteOptions::default()).unwrap();
+    let open = |policy| {
+        let options = ReadOptions {
+            non_finite: policy,
+            ..ReadOptions::default()
+        };
+        open_nifti(&path, &options).unwrap().into_voxels().unwrap()
+    };
+    let err = open(NonFinitePolicy::Error).scan_f32().unwrap_err();
+    assert_names_file(&err, &path);
+    match err.kind() {
+        NiftiErrorKind::NonFinite { count, first } => {
+            assert_eq!((*count, *first), (1, [0, 9, 0, 1]))
+        }
+        other => panic!("{other}"),
+    }
+    let zero = open(NonFinitePolicy::ReplaceWithZero);
+    let scan = zero.scan_f32().unwrap();
+    assert_eq!(
+        (scan.nonzero, scan.non_finite),
+        (Some(([4, 4, 4], [5, 5, 5])), 1)
+    );
+    let mut out = vec![1.0; 3 * 3 * 3];
+    assert_eq!(
+        zero.read_f32_window_into([8, 0, 0], [3, 3, 3], &mut out)
+            .unwrap(),
+        1
+    );
+    assert!(out.iter().all(|&v| v == 0.0), "{out:?}");
+    let keep = open(NonFinitePolicy::Keep).scan_f32().unwrap();
+    assert_eq!(keep.nonzero, Some(([4, 0, 1], [10, 5, 5])));
 }
 
 #[test]

@@ -206,74 +206,47 @@ impl NiftiDecode {
         let (first, spatial, affine, spacing) =
             reference.ok_or_else(|| StageError::new("no modality to read"))?;
         let channels: usize = files.iter().map(|(_, f)| f.shape()[0]).sum();
-        let warn_replaced = |path: &std::path::Path, count: usize| {
-            if count > 0 && self.non_finite == NonFinite::Zero {
-                tracing::warn!(case = %sample.id, file = %path.display(), count, "NaN/Inf voxels set to 0");
+        let mut voxels = Vec::with_capacity(files.len());
+        for (path, file) in files {
+            let v = file
+                .into_voxels()
+                .map_err(|e| StageError::new(e.to_string()))?;
+            voxels.push((path, v));
+        }
+        // With a crop, the window comes from the nonzero voxels of all modalities, found in
+        // their stored bytes; only the window is ever converted to f32.
+        let window = match crop {
+            None => None,
+            Some(crop) => {
+                let mut foreground = None;
+                for (_, v) in &voxels {
+                    let scan = v.scan_f32().map_err(|e| StageError::new(e.to_string()))?;
+                    foreground = crate::fields::union_of_bounds(foreground, scan.nonzero);
+                }
+                Some(crop.window(&sample.id, spatial, foreground))
             }
         };
+        let (start, size) = window.unwrap_or(([0; 3], spatial));
         // Every modality decodes straight into its channels of one stacked buffer: no
         // per-modality array to copy from. Zeroed memory comes fresh from the system, so it
         // costs no pass of its own.
-        let (image, window) = match crop {
-            None => {
-                let n = spatial.iter().product::<usize>();
-                let mut stacked: Vec<f32> = crate::memory::zeroed(channels * n);
-                let mut at = 0;
-                for (path, file) in files {
-                    let len = file.shape()[0] * n;
-                    let count = file
-                        .read_f32_into(&mut stacked[at..at + len])
-                        .map_err(|e| StageError::new(e.to_string()))?;
-                    warn_replaced(&path, count);
-                    at += len;
-                }
-                (stacked, None)
+        let n = size.iter().product::<usize>();
+        let mut stacked: Vec<f32> = crate::memory::zeroed(channels * n);
+        let mut at = 0;
+        for (path, v) in &voxels {
+            let len = v.shape()[0] * n;
+            let count = v
+                .read_f32_window_into(start, size, &mut stacked[at..at + len])
+                .map_err(|e| StageError::new(e.to_string()))?;
+            if count > 0 && self.non_finite == NonFinite::Zero {
+                tracing::warn!(case = %sample.id, file = %path.display(), count, "NaN/Inf voxels set to 0");
             }
-            Some(crop) => {
-                // The window comes from the nonzero voxels of all modalities, found in their
-                // stored bytes; only the window is ever converted to f32.
-                let mut voxels = Vec::with_capacity(files.len());
-                let mut foreground: Option<crate::spatial::crop::Bounds> = None;
-                for (path, file) in files {
-                    let v = file
-                        .into_voxels()
-                        .map_err(|e| StageError::new(e.to_string()))?;
-                    let scan = v.scan_f32().map_err(|e| StageError::new(e.to_string()))?;
-                    foreground = match (foreground, scan.nonzero) {
-                        (Some((alo, ahi)), Some((blo, bhi))) => Some((
-                            [0, 1, 2].map(|i| alo[i].min(blo[i])),
-                            [0, 1, 2].map(|i| ahi[i].max(bhi[i])),
-                        )),
-                        (x, None) | (None, x) => x,
-                    };
-                    voxels.push((path, v));
-                }
-                let (start, size) = crop.window(&sample.id, spatial, foreground);
-                let n = size.iter().product::<usize>();
-                let mut stacked: Vec<f32> = crate::memory::zeroed(channels * n);
-                let mut at = 0;
-                for (path, v) in &voxels {
-                    let len = v.shape()[0] * n;
-                    let count = v
-                        .read_f32_window_into(start, size, &mut stacked[at..at + len])
-                        .map_err(|e| StageError::new(e.to_string()))?;
-                    warn_replaced(path, count);
-                    at += len;
-                }
-                (stacked, Some((start, size)))
-            }
-        };
-        let image_spatial = window.map_or(spatial, |(_, size)| size);
-        let image = Array4::from_shape_vec(
-            (
-                channels,
-                image_spatial[0],
-                image_spatial[1],
-                image_spatial[2],
-            ),
-            image,
-        )
-        .expect("the buffer holds exactly the decoded channels");
+            at += len;
+        }
+        // The inflated files go back to this thread's spare buffers before the label is read.
+        drop(voxels);
+        let image = Array4::from_shape_vec((channels, size[0], size[1], size[2]), stacked)
+            .expect("the buffer holds exactly the decoded channels");
         sample.insert(self.image.clone(), Field::f32(image.into_dyn()));
 
         let label_role = sample

@@ -63,7 +63,7 @@ pub fn crop_array<T: Clone + Default>(
 
 /// The part of a window (`start`, `size`) inside a volume of spatial shape `spatial`, as
 /// input coordinates `[lo, hi)` per axis; `None` when they do not overlap.
-fn overlap(
+pub(crate) fn overlap(
     start: [i64; 3],
     size: [usize; 3],
     spatial: [usize; 3],
@@ -225,7 +225,7 @@ pub fn crop_sample(
 ) -> Result<(), StageError> {
     let names = volume_fields(sample, listed);
     let shape = common_spatial_shape(sample, &names)?;
-    crop_sample_but(sample, &names, None, start, size, shape)
+    crop_fields_and_record(sample, &names, start, size, shape)
 }
 
 /// [`crop_sample`] for a sample whose volume `cropped` already is the window of a volume of
@@ -251,18 +251,19 @@ pub fn crop_sample_after(
             )));
         }
     }
-    crop_sample_but(sample, &names, Some(cropped), start, size, shape)
+    crop_fields_and_record(sample, &names, start, size, shape)
 }
 
-fn crop_sample_but(
+/// Crops the volumes `names` (of spatial `shape`) and every box field to the window, and
+/// records the crop in the affine and the history.
+fn crop_fields_and_record(
     sample: &mut Sample,
     names: &[String],
-    cropped: Option<&str>,
     start: [i64; 3],
     size: [usize; 3],
     shape: [usize; 3],
 ) -> Result<(), StageError> {
-    for name in names.iter().filter(|n| Some(n.as_str()) != cropped) {
+    for name in names {
         let cropped = match sample.remove(name) {
             Some(Field::F32(a)) => Field::f32(crop_shared_or_owned(a, start, size)),
             Some(Field::U8(a)) => Field::u8(crop_shared_or_owned(a, start, size)),

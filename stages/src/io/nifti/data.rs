@@ -121,6 +121,55 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// Evaluates `$body` with `$t` the element type of datatype `$dt`.
+macro_rules! with_element {
+    ($dt:expr, $t:ident => $body:expr) => {
+        match $dt {
+            DataType::U8 => {
+                type $t = u8;
+                $body
+            }
+            DataType::I8 => {
+                type $t = i8;
+                $body
+            }
+            DataType::I16 => {
+                type $t = i16;
+                $body
+            }
+            DataType::U16 => {
+                type $t = u16;
+                $body
+            }
+            DataType::I32 => {
+                type $t = i32;
+                $body
+            }
+            DataType::U32 => {
+                type $t = u32;
+                $body
+            }
+            DataType::I64 => {
+                type $t = i64;
+                $body
+            }
+            DataType::U64 => {
+                type $t = u64;
+                $body
+            }
+            DataType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DataType::F64 => {
+                type $t = f64;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_element;
+
 impl VoxelData {
     /// The voxel type.
     pub fn datatype(&self) -> DataType {
@@ -196,8 +245,7 @@ pub(crate) fn decode<T: NiftiElement>(
     big_endian: bool,
 ) -> Array4<T> {
     let mut data = vec![T::default(); shape.iter().product()];
-    let [_, x, y, z] = shape;
-    let whole = Window::inside([0; 3], [x, y, z], [x, y, z]);
+    let whole = Window::whole(shape);
     if big_endian {
         decode_into::<T, T, true>(raw, shape, &whole, |v| v, &mut data)
     } else {
@@ -228,8 +276,7 @@ pub(crate) fn decode_f32_into<T: NiftiElement>(
     scaling: Option<(f64, f64)>,
     out: &mut [f32],
 ) {
-    let [_, x, y, z] = shape;
-    let whole = Window::inside([0; 3], [x, y, z], [x, y, z]);
+    let whole = Window::whole(shape);
     decode_f32_window_into::<T>(raw, shape, big_endian, scaling, &whole, out);
 }
 
@@ -245,13 +292,12 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// The box `[lo, hi)` written to an output of exactly its size.
-    pub fn inside(lo: [usize; 3], hi: [usize; 3], spatial: [usize; 3]) -> Window {
-        debug_assert!((0..3).all(|a| lo[a] <= hi[a] && hi[a] <= spatial[a]));
+    /// The whole volume of `[C, X, Y, Z]` `shape`.
+    pub fn whole([_, x, y, z]: [usize; 4]) -> Window {
         Window {
-            lo,
-            hi,
-            size: [0, 1, 2].map(|a| hi[a] - lo[a]),
+            lo: [0; 3],
+            hi: [x, y, z],
+            size: [x, y, z],
             offset: [0; 3],
         }
     }
@@ -259,23 +305,14 @@ impl Window {
     /// The part inside a volume of spatial shape `spatial` of the window of `size` starting at
     /// `start` (negative or past the end: outside); `None` when they do not overlap.
     pub fn of_crop(start: [i64; 3], size: [usize; 3], spatial: [usize; 3]) -> Option<Window> {
-        let mut w = Window {
-            lo: [0; 3],
-            hi: [0; 3],
+        let (lo, hi) = crate::spatial::crop::overlap(start, size, spatial)?;
+        Some(Window {
+            lo,
+            hi,
             size,
-            offset: [0; 3],
-        };
-        for a in 0..3 {
-            let lo = start[a].max(0);
-            let hi = (start[a] + size[a] as i64).min(spatial[a] as i64);
-            if lo >= hi {
-                return None;
-            }
-            w.lo[a] = lo as usize;
-            w.hi[a] = hi as usize;
-            w.offset[a] = (lo - start[a]) as usize;
-        }
-        Some(w)
+            // The overlap starts at or after the window.
+            offset: [0, 1, 2].map(|a| (lo[a] as i64 - start[a]) as usize),
+        })
     }
 
     /// Whether the window covers its whole output (no padding left unwritten).
@@ -378,18 +415,13 @@ pub(crate) fn scan_f32<T: NiftiElement>(
         scan
     };
     let merge = |a: Scan, b: Scan| Scan {
-        bounds: match (a.bounds, b.bounds) {
-            (Some((alo, ahi)), Some((blo, bhi))) => Some((
-                [0, 1, 2].map(|i| alo[i].min(blo[i])),
-                [0, 1, 2].map(|i| ahi[i].max(bhi[i])),
-            )),
-            (x, None) | (None, x) => x,
-        },
+        bounds: crate::fields::union_of_bounds(a.bounds, b.bounds),
         non_finite: a.non_finite + b.non_finite,
-        first_non_finite: match (a.first_non_finite, b.first_non_finite) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, None) | (None, x) => x,
-        },
+        first_non_finite: a
+            .first_non_finite
+            .into_iter()
+            .chain(b.first_non_finite)
+            .min(),
     };
     (0..planes)
         .into_par_iter()
@@ -613,17 +645,10 @@ mod tests {
             ([-10, 0, 0], [5, 5, 5]),
         ] {
             let expected = crate::spatial::crop::crop_array(&whole, start, size);
-            // As `NiftiVoxels::read_f32_window_into` calls it: stale values where it writes,
-            // zeros where it does not.
-            let mut out = vec![f32::NAN; 2 * size.iter().product::<usize>()];
-            match Window::of_crop(start, size, [300, 5, 70]) {
-                Some(w) => {
-                    if !w.fills_output() {
-                        out.fill(0.0);
-                    }
-                    decode_f32_window_into::<i16>(&raw, shape, false, scaling, &w, &mut out);
-                }
-                None => out.fill(0.0),
+            // Outside the box the output keeps what it held: zeros here, as padding.
+            let mut out = vec![0.0; 2 * size.iter().product::<usize>()];
+            if let Some(w) = Window::of_crop(start, size, [300, 5, 70]) {
+                decode_f32_window_into::<i16>(&raw, shape, false, scaling, &w, &mut out);
             }
             assert_eq!(out, expected.as_slice().unwrap(), "{start:?} {size:?}");
         }

@@ -12,7 +12,7 @@ use ndarray::Array4;
 
 use super::data::{
     NiftiElement, VoxelData, Window, count_non_finite, decode, decode_f32, decode_f32_into,
-    decode_f32_window_into, dispatch, scan_f32, unravel, zero_non_finite,
+    decode_f32_window_into, dispatch, scan_f32, unravel, with_element, zero_non_finite,
 };
 use super::error::{NiftiError, NiftiErrorKind, Section};
 use super::header::{
@@ -351,9 +351,7 @@ impl<'a> OpenNifti<'a> {
         )
         .map_err(|k| NiftiError::new(&data_path, k))
     }
-}
 
-impl<'a> OpenNifti<'a> {
     /// Reads the voxel bytes without decoding them, for [`NiftiVoxels::scan_f32`] and windowed
     /// decodes: a caller that crops gets only the window it keeps, never the whole volume
     /// as f32. A gzip file's bytes stay where it was inflated (no copy).
@@ -423,7 +421,7 @@ impl NiftiVoxels<'_> {
     /// Scans every voxel as [`OpenNifti::read_f32_into`] would decode it, with the options'
     /// NaN policy: an error for non-finite voxels anywhere under
     /// [`NonFinitePolicy::Error`], and under [`NonFinitePolicy::ReplaceWithZero`] they are
-    /// not part of the nonzero box (they will be 0).
+    /// not part of the nonzero box (they will be 0, and the window decode says so).
     pub fn scan_f32(&self) -> Result<VoxelScan, NiftiError> {
         let header = &self.open.header;
         let policy = self.open.options.non_finite;
@@ -433,33 +431,17 @@ impl NiftiVoxels<'_> {
             self.may_be_non_finite,
             policy == NonFinitePolicy::ReplaceWithZero,
         );
-        let scan = match header.datatype {
-            DataType::U8 => scan_f32::<u8>(raw, shape, big, scaling, check, zero),
-            DataType::I8 => scan_f32::<i8>(raw, shape, big, scaling, check, zero),
-            DataType::I16 => scan_f32::<i16>(raw, shape, big, scaling, check, zero),
-            DataType::U16 => scan_f32::<u16>(raw, shape, big, scaling, check, zero),
-            DataType::I32 => scan_f32::<i32>(raw, shape, big, scaling, check, zero),
-            DataType::U32 => scan_f32::<u32>(raw, shape, big, scaling, check, zero),
-            DataType::I64 => scan_f32::<i64>(raw, shape, big, scaling, check, zero),
-            DataType::U64 => scan_f32::<u64>(raw, shape, big, scaling, check, zero),
-            DataType::F32 => scan_f32::<f32>(raw, shape, big, scaling, check, zero),
-            DataType::F64 => scan_f32::<f64>(raw, shape, big, scaling, check, zero),
-        };
-        if scan.non_finite > 0 {
+        let scan = with_element!(header.datatype, T => scan_f32::<T>(raw, shape, big, scaling, check, zero));
+        // Replacing or keeping them is the window decode's part: only it knows which it keeps.
+        if scan.non_finite > 0 && policy == NonFinitePolicy::Error {
             let first = unravel(scan.first_non_finite.unwrap_or(0), shape);
-            let count = scan.non_finite;
-            match policy {
-                NonFinitePolicy::Error => {
-                    return Err(NiftiError::new(
-                        &self.open.data_path,
-                        NiftiErrorKind::NonFinite { count, first },
-                    ));
-                }
-                NonFinitePolicy::ReplaceWithZero => {
-                    tracing::warn!(file = %self.open.data_path.display(), count, ?first, "NaN or infinite voxels replaced by 0")
-                }
-                NonFinitePolicy::Keep => {}
-            }
+            return Err(NiftiError::new(
+                &self.open.data_path,
+                NiftiErrorKind::NonFinite {
+                    count: scan.non_finite,
+                    first,
+                },
+            ));
         }
         Ok(VoxelScan {
             nonzero: scan.bounds,
@@ -498,18 +480,7 @@ impl NiftiVoxels<'_> {
         let big = header.endianness == Endianness::Big;
         let (raw, shape, scaling) = (self.bytes(), self.open.shape, self.scaling);
         let w = &window;
-        match header.datatype {
-            DataType::U8 => decode_f32_window_into::<u8>(raw, shape, big, scaling, w, out),
-            DataType::I8 => decode_f32_window_into::<i8>(raw, shape, big, scaling, w, out),
-            DataType::I16 => decode_f32_window_into::<i16>(raw, shape, big, scaling, w, out),
-            DataType::U16 => decode_f32_window_into::<u16>(raw, shape, big, scaling, w, out),
-            DataType::I32 => decode_f32_window_into::<i32>(raw, shape, big, scaling, w, out),
-            DataType::U32 => decode_f32_window_into::<u32>(raw, shape, big, scaling, w, out),
-            DataType::I64 => decode_f32_window_into::<i64>(raw, shape, big, scaling, w, out),
-            DataType::U64 => decode_f32_window_into::<u64>(raw, shape, big, scaling, w, out),
-            DataType::F32 => decode_f32_window_into::<f32>(raw, shape, big, scaling, w, out),
-            DataType::F64 => decode_f32_window_into::<f64>(raw, shape, big, scaling, w, out),
-        }
+        with_element!(header.datatype, T => decode_f32_window_into::<T>(raw, shape, big, scaling, w, out));
         if !self.may_be_non_finite {
             return Ok(0);
         }
@@ -1040,36 +1011,14 @@ fn read_voxels(
     let may_be_non_finite = may_be_non_finite(&header)?;
     let mut data = if options.to_f32 {
         let scaling = header.scaling()?;
-        let f = match header.datatype {
-            DataType::U8 => decode_f32::<u8>(&raw, shape, big, scaling),
-            DataType::I8 => decode_f32::<i8>(&raw, shape, big, scaling),
-            DataType::I16 => decode_f32::<i16>(&raw, shape, big, scaling),
-            DataType::U16 => decode_f32::<u16>(&raw, shape, big, scaling),
-            DataType::I32 => decode_f32::<i32>(&raw, shape, big, scaling),
-            DataType::U32 => decode_f32::<u32>(&raw, shape, big, scaling),
-            DataType::I64 => decode_f32::<i64>(&raw, shape, big, scaling),
-            DataType::U64 => decode_f32::<u64>(&raw, shape, big, scaling),
-            DataType::F32 => decode_f32::<f32>(&raw, shape, big, scaling),
-            DataType::F64 => decode_f32::<f64>(&raw, shape, big, scaling),
-        };
+        let f = with_element!(header.datatype, T => decode_f32::<T>(&raw, shape, big, scaling));
         header.datatype = DataType::F32;
         header.bitpix = 32;
         header.scl_slope = 1.0;
         header.scl_inter = 0.0;
         VoxelData::F32(f)
     } else {
-        match header.datatype {
-            DataType::U8 => VoxelData::U8(decode(&raw, shape, big)),
-            DataType::I8 => VoxelData::I8(decode(&raw, shape, big)),
-            DataType::I16 => VoxelData::I16(decode(&raw, shape, big)),
-            DataType::U16 => VoxelData::U16(decode(&raw, shape, big)),
-            DataType::I32 => VoxelData::I32(decode(&raw, shape, big)),
-            DataType::U32 => VoxelData::U32(decode(&raw, shape, big)),
-            DataType::I64 => VoxelData::I64(decode(&raw, shape, big)),
-            DataType::U64 => VoxelData::U64(decode(&raw, shape, big)),
-            DataType::F32 => VoxelData::F32(decode(&raw, shape, big)),
-            DataType::F64 => VoxelData::F64(decode(&raw, shape, big)),
-        }
+        with_element!(header.datatype, T => T::wrap(decode::<T>(&raw, shape, big)))
     };
     drop(raw);
     let non_finite = if may_be_non_finite {
@@ -1104,18 +1053,7 @@ fn read_voxels_f32_into(
     let raw = voxel_bytes(source, header, options)?;
     let big = header.endianness == Endianness::Big;
     let scaling = header.scaling()?;
-    match header.datatype {
-        DataType::U8 => decode_f32_into::<u8>(&raw, shape, big, scaling, out),
-        DataType::I8 => decode_f32_into::<i8>(&raw, shape, big, scaling, out),
-        DataType::I16 => decode_f32_into::<i16>(&raw, shape, big, scaling, out),
-        DataType::U16 => decode_f32_into::<u16>(&raw, shape, big, scaling, out),
-        DataType::I32 => decode_f32_into::<i32>(&raw, shape, big, scaling, out),
-        DataType::U32 => decode_f32_into::<u32>(&raw, shape, big, scaling, out),
-        DataType::I64 => decode_f32_into::<i64>(&raw, shape, big, scaling, out),
-        DataType::U64 => decode_f32_into::<u64>(&raw, shape, big, scaling, out),
-        DataType::F32 => decode_f32_into::<f32>(&raw, shape, big, scaling, out),
-        DataType::F64 => decode_f32_into::<f64>(&raw, shape, big, scaling, out),
-    }
+    with_element!(header.datatype, T => decode_f32_into::<T>(&raw, shape, big, scaling, out));
     if may_be_non_finite(header)? {
         non_finite_policy_on(out, shape, path, options.non_finite)
     } else {
