@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Peak memory of preprocessing into a zarr store does not grow with the number of cases:
 # max RSS (/usr/bin/time -v) of configs/brats-cache.yaml over 10 and over 40 BraTS-sized
-# phantom cases. The peak varies from run to run with how many whole decoded volumes happen to
-# be in flight at once (8 to 10 of the 24 the queues allow), so the two sizes alternate
+# phantom cases. The peak varies from run to run with which stages the six cases that
+# `max_in_flight` allows happen to be in at once, so the two sizes alternate
 # REPEATS times (default 3) and the medians are compared. Exits 1 if the 40-case median is
 # more than 10% above the 10-case median.
 #
