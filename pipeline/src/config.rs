@@ -62,7 +62,7 @@ impl Default for CommonOptions {
 
 pub const COMMON_OPTIONS: [&str; 3] = ["workers", "queue", "on_error"];
 
-const TOP_LEVEL: [&str; 13] = [
+const TOP_LEVEL: [&str; 14] = [
     "name",
     "description",
     "seed",
@@ -71,6 +71,7 @@ const TOP_LEVEL: [&str; 13] = [
     "split",
     "allow_failures",
     "max_in_flight",
+    "max_in_flight_bytes",
     "defaults",
     "source",
     "stages",
@@ -117,6 +118,59 @@ fn canonical_params(
     serde_json::Value::Object(map)
 }
 
+/// A size in bytes as written in a pipeline: a number, or a number and a unit (`400 MiB`,
+/// `1.5 GB`; B, kB/KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Count(u64),
+    Text(String),
+}
+
+impl ByteSize {
+    fn bytes(self) -> Result<u64, String> {
+        let text = match self {
+            ByteSize::Count(n) => return Ok(n),
+            ByteSize::Text(t) => t,
+        };
+        parse_byte_size(&text)
+    }
+}
+
+/// `400 MiB` → 419430400. The error names what was written and what is accepted.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let unit = unit.trim();
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number"))?;
+    let multiplier: u64 = match unit {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "`{text}` has the unit `{unit}`; use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("`{text}` is too large"));
+    }
+    Ok(bytes.round() as u64)
+}
+
 /// A validated pipeline, ready to build and run.
 pub struct Plan {
     pub name: String,
@@ -131,6 +185,10 @@ pub struct Plan {
     /// At most this many cases between the source and the sinks at once (a memory budget);
     /// without it the queues alone bound them.
     pub max_in_flight: Option<u64>,
+    /// At most about this many bytes of volumes between the source and the sinks: a case is
+    /// started only while the cases in flight, each counted at its largest size so far (at
+    /// least the mean size of the finished ones), leave room for one more of the mean size.
+    pub max_in_flight_bytes: Option<u64>,
     pub source: Planned,
     pub stages: Vec<Planned>,
     pub sinks: Vec<Planned>,
@@ -353,6 +411,39 @@ impl Validator<'_> {
                     .with_help("leave it out to let the queues alone bound the cases in flight"),
             );
         }
+        let max_in_flight_bytes = match root.get("max_in_flight_bytes") {
+            None => None,
+            Some((_, node)) => match from_node::<ByteSize>(node)
+                .map_err(|e| e.message)
+                .and_then(ByteSize::bytes)
+            {
+                Ok(0) => {
+                    self.error(
+                        Diagnostic::new(
+                            K::InvalidValue,
+                            node.loc,
+                            "`max_in_flight_bytes` must be more than 0",
+                        )
+                        .with_help(
+                            "leave it out to bound the cases in flight by their number alone",
+                        ),
+                    );
+                    None
+                }
+                Ok(bytes) => Some(bytes),
+                Err(message) => {
+                    self.error(
+                        Diagnostic::new(
+                            K::WrongType,
+                            node.loc,
+                            format!("`max_in_flight_bytes`: {message}"),
+                        )
+                        .with_help("write a number of bytes or a size such as `400 MiB` or `2 GB`"),
+                    );
+                    None
+                }
+            },
+        };
         let split: Option<Split> = self.scalar(root, "split");
         if let (Some(split), Some((_, node))) = (&split, root.get("split")) {
             for problem in split.problems() {
@@ -418,6 +509,7 @@ impl Validator<'_> {
             epochs,
             allow_failures,
             max_in_flight,
+            max_in_flight_bytes,
             shuffle,
             split,
             source,

@@ -165,6 +165,12 @@ pub struct RunSummary {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub peak_in_flight: u64,
+    /// Under `max_in_flight_bytes`: the most bytes counted for the cases in flight at once
+    /// (reservations included), and the budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_in_flight_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight_byte_budget: Option<u64>,
     /// The bound the channels guarantee (Σ queue + Σ workers).
     pub in_flight_bound: u64,
     pub wall_s: f64,
@@ -211,6 +217,16 @@ impl RunSummary {
             self.peak_in_flight,
             self.in_flight_bound,
         );
+        if let (Some(peak), Some(budget)) = (self.peak_in_flight_bytes, self.in_flight_byte_budget)
+        {
+            let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+            let _ = writeln!(
+                out,
+                "  in flight: at most {:.0} MiB of volumes (budget {:.0} MiB)",
+                mib(peak),
+                mib(budget)
+            );
+        }
         if self.cache_hits + self.cache_misses > 0 {
             let _ = writeln!(
                 out,
@@ -279,39 +295,85 @@ struct RunState {
     /// The plan's `max_in_flight`: source workers wait for a case to finish before starting
     /// another past it.
     max_in_flight: Option<u64>,
+    /// The plan's `max_in_flight_bytes`.
+    byte_budget: Option<u64>,
+    /// Bytes counted for the cases in flight: each at the larger of what was reserved when
+    /// it started and the largest size it has been seen at.
+    bytes: AtomicU64,
+    peak_bytes: AtomicU64,
+    /// Σ largest size and number of the cases that have left, for the reservation of the next.
+    finished_bytes: AtomicU64,
+    finished_measured: AtomicU64,
+    /// The largest size any case has been seen at, for the reservation before one finished.
+    largest_seen: AtomicU64,
     /// Signalled whenever a case leaves the pipeline.
     case_left: (Mutex<()>, std::sync::Condvar),
 }
 
 impl RunState {
-    /// Counts one more case in flight, first waiting (under `max_in_flight`) until fewer
-    /// than the maximum are. `None` when the run was cancelled while waiting.
-    fn enter(&self) -> Option<u64> {
-        let Some(max) = self.max_in_flight else {
-            return Some(self.in_flight.fetch_add(1, Ordering::SeqCst) + 1);
-        };
+    fn bounded(&self) -> bool {
+        self.max_in_flight.is_some() || self.byte_budget.is_some()
+    }
+
+    /// What a case about to start is expected to hold: the mean largest size of the cases
+    /// finished so far, else the largest size seen so far; `None` before any case was seen
+    /// holding volumes, when only a case alone can start.
+    fn expected_case_bytes(&self) -> Option<u64> {
+        let n = self.finished_measured.load(Ordering::SeqCst);
+        let mean = self.finished_bytes.load(Ordering::SeqCst).checked_div(n);
+        mean.or_else(|| Some(self.largest_seen.load(Ordering::SeqCst)).filter(|&b| b > 0))
+    }
+
+    /// Counts one more case in flight, first waiting (under `max_in_flight` and
+    /// `max_in_flight_bytes`) until there is room for it. Returns how many are in flight with
+    /// it and the bytes reserved for it; `None` when the run was cancelled while waiting.
+    fn enter(&self) -> Option<(u64, u64)> {
+        if !self.bounded() {
+            return Some((self.in_flight.fetch_add(1, Ordering::SeqCst) + 1, 0));
+        }
         let started = Instant::now();
         let mut warned = false;
         let mut guard = self.case_left.0.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            // Reserved atomically: several source workers never overshoot together.
-            if let Ok(before) =
-                self.in_flight
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                        (n < max).then_some(n + 1)
+            // Checked and reserved under the lock: several source workers never overshoot
+            // together. The first case always starts, however large.
+            let n = self.in_flight.load(Ordering::SeqCst);
+            let expected = self.expected_case_bytes();
+            let count_fits = self.max_in_flight.is_none_or(|max| n < max);
+            let bytes_fit = n == 0
+                || self.byte_budget.is_none_or(|budget| {
+                    expected.is_some_and(|e| {
+                        self.bytes.load(Ordering::SeqCst).saturating_add(e) <= budget
                     })
-            {
-                return Some(before + 1);
+                });
+            let reserve = if self.byte_budget.is_some() {
+                expected.unwrap_or(0)
+            } else {
+                0
+            };
+            if count_fits && bytes_fit {
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
+                let now = self.bytes.fetch_add(reserve, Ordering::SeqCst) + reserve;
+                self.peak_bytes.fetch_max(now, Ordering::SeqCst);
+                return Some((n + 1, reserve));
             }
             if self.cancel.load(Ordering::SeqCst) {
                 return None;
             }
             if !warned && started.elapsed() > STALL_WARNING {
                 warned = true;
+                let bound = match (self.max_in_flight, self.byte_budget) {
+                    (Some(max), None) => format!("`max_in_flight: {max}`"),
+                    (_, Some(budget)) => format!(
+                        "`max_in_flight_bytes: {budget}` ({n} cases, {} bytes)",
+                        self.bytes.load(Ordering::SeqCst)
+                    ),
+                    (None, None) => String::new(),
+                };
                 tracing::warn!(
-                    "no case has finished for {} s while `max_in_flight: {max}` cases are in flight; \
-                     a sink that holds cases until it has several (a training batch) needs a larger \
-                     `max_in_flight` than it holds",
+                    "no case has finished for {} s at the bound {bound} of cases in flight; \
+                     a sink that holds cases until it has several (a training batch) needs a \
+                     larger bound than what it holds",
                     STALL_WARNING.as_secs()
                 );
             }
@@ -344,6 +406,11 @@ pub(crate) struct InFlightToken {
     state: Arc<RunState>,
     failed: AtomicBool,
     delivered: AtomicBool,
+    /// Bytes this case adds to `RunState::bytes`: the reservation, raised to the largest
+    /// size seen.
+    accounted: AtomicU64,
+    /// The largest size the case (any piece of it) was seen at between components.
+    largest: AtomicU64,
 }
 
 impl std::fmt::Debug for InFlightToken {
@@ -353,15 +420,30 @@ impl std::fmt::Debug for InFlightToken {
 }
 
 impl InFlightToken {
-    /// A token for a case already counted by [`RunState::enter`] (`now` in flight with it).
-    fn new(state: Arc<RunState>, now: u64) -> Arc<Self> {
+    /// A token for a case already counted by [`RunState::enter`] (`now` in flight with it,
+    /// `reserved` bytes counted for it).
+    fn new(state: Arc<RunState>, (now, reserved): (u64, u64)) -> Arc<Self> {
         state.peak.fetch_max(now, Ordering::SeqCst);
         state.samples.fetch_add(1, Ordering::SeqCst);
         Arc::new(InFlightToken {
             state,
             failed: AtomicBool::new(false),
             delivered: AtomicBool::new(false),
+            accounted: AtomicU64::new(reserved),
+            largest: AtomicU64::new(0),
         })
+    }
+
+    /// Records a piece of the case seen holding `bytes` as it passes between components.
+    fn observe(&self, bytes: u64) {
+        self.largest.fetch_max(bytes, Ordering::SeqCst);
+        self.state.largest_seen.fetch_max(bytes, Ordering::SeqCst);
+        let before = self.accounted.fetch_max(bytes, Ordering::SeqCst);
+        if bytes > before {
+            let s = &self.state;
+            let now = s.bytes.fetch_add(bytes - before, Ordering::SeqCst) + (bytes - before);
+            s.peak_bytes.fetch_max(now, Ordering::SeqCst);
+        }
     }
 }
 
@@ -378,8 +460,15 @@ impl Drop for InFlightToken {
             &s.dropped
         };
         counter.fetch_add(1, Ordering::SeqCst);
+        let largest = self.largest.load(Ordering::SeqCst);
+        if largest > 0 {
+            s.finished_bytes.fetch_add(largest, Ordering::SeqCst);
+            s.finished_measured.fetch_add(1, Ordering::SeqCst);
+        }
+        s.bytes
+            .fetch_sub(self.accounted.load(Ordering::SeqCst), Ordering::SeqCst);
         s.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if s.max_in_flight.is_some() {
+        if s.bounded() {
             // Taken so a source worker between its check and its wait cannot miss this.
             let _guard = s.case_left.0.lock().unwrap_or_else(|p| p.into_inner());
             s.case_left.1.notify_all();
@@ -412,6 +501,11 @@ impl Outputs {
     /// Sends to every receiver (sharing voxels), blocking while a channel is full. Returns the
     /// time spent blocked.
     fn send(&self, sample: Sample) -> Duration {
+        if let Some(t) = &sample.token
+            && t.state.byte_budget.is_some()
+        {
+            t.observe(sample.volume_bytes());
+        }
         if self.terminal {
             if let Some(t) = &sample.token {
                 t.delivered.store(true, Ordering::SeqCst);
@@ -782,6 +876,12 @@ fn run_with_cases(
         cancel: cancel.clone(),
         fatal: AtomicBool::new(false),
         max_in_flight: plan.max_in_flight,
+        byte_budget: plan.max_in_flight_bytes,
+        bytes: AtomicU64::new(0),
+        peak_bytes: AtomicU64::new(0),
+        finished_bytes: AtomicU64::new(0),
+        finished_measured: AtomicU64::new(0),
+        largest_seen: AtomicU64::new(0),
         case_left: (Mutex::new(()), std::sync::Condvar::new()),
         cache_hits: AtomicU64::new(0),
         cache_misses: AtomicU64::new(0),
@@ -1087,6 +1187,10 @@ fn run_with_cases(
         cache_hits: state.cache_hits.load(Ordering::SeqCst),
         cache_misses: state.cache_misses.load(Ordering::SeqCst),
         peak_in_flight: state.peak.load(Ordering::SeqCst),
+        peak_in_flight_bytes: plan
+            .max_in_flight_bytes
+            .map(|_| state.peak_bytes.load(Ordering::SeqCst)),
+        in_flight_byte_budget: plan.max_in_flight_bytes,
         in_flight_bound,
         wall_s: started.elapsed().as_secs_f64(),
         stages: reports,

@@ -224,6 +224,20 @@ impl Sample {
         self.fields.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Bytes held by the sample's volumes and boxes (what `max_in_flight_bytes` budgets).
+    /// A volume shared with another holder counts in full for each.
+    pub fn volume_bytes(&self) -> u64 {
+        self.fields
+            .values()
+            .map(|f| match f {
+                Field::F32(a) => a.len() * std::mem::size_of::<f32>(),
+                Field::U8(a) => a.len(),
+                Field::Boxes(b) => b.len() * std::mem::size_of::<BoundingBox>(),
+                Field::Number(_) | Field::Text(_) | Field::Json(_) => 0,
+            } as u64)
+            .sum()
+    }
+
     fn field(&self, name: &str) -> Result<&Field, StageError> {
         self.fields.get(name).ok_or_else(|| {
             StageError::new(format!(

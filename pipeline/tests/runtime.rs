@@ -42,6 +42,9 @@ fn probe(name: &str) -> Arc<Probe> {
 struct Counting {
     cases: usize,
     probe: String,
+    /// Voxels of each case's `x` (8 when not given).
+    #[serde(default)]
+    voxels: Option<usize>,
 }
 
 impl Component for Counting {
@@ -67,7 +70,8 @@ impl Source for Counting {
         let now = p.live.fetch_add(1, Ordering::SeqCst) + 1;
         p.peak_live.fetch_max(now, Ordering::SeqCst);
         let mut s = Sample::new(case);
-        s.insert("x", Field::f32(ArrayD::zeros(IxDyn(&[8]))));
+        let voxels = self.voxels.unwrap_or(8);
+        s.insert("x", Field::f32(ArrayD::zeros(IxDyn(&[voxels]))));
         Ok(s)
     }
 }
@@ -224,6 +228,78 @@ sinks:
     assert_eq!(summary.peak_in_flight, 3);
     let outside = probe("capped").peak_live.load(Ordering::SeqCst);
     assert!(outside <= 3, "test measured {outside} in flight, cap 3");
+}
+
+#[test]
+fn max_in_flight_bytes_caps_the_volume_bytes_in_flight() {
+    // Cases of 4000 bytes under a budget of 10 000. The first starts alone; once its size
+    // is known each new case is expected to hold as much, and starts only if it fits: two
+    // cases (8000 bytes) in flight, never a third, though the queues allow ten.
+    let yaml = "
+max_in_flight_bytes: 10000
+source:
+  counting: {cases: 30, probe: byte_capped, voxels: 1000, workers: 2}
+stages:
+  - jitter: {queue: 4, workers: 2}
+sinks:
+  - collect: {probe: byte_capped, sleep_ms: 5, queue: 4}
+";
+    let summary = run(yaml, "byte_capped");
+    assert_eq!(summary.done, 30);
+    assert_eq!(summary.in_flight_byte_budget, Some(10_000));
+    assert_eq!(summary.peak_in_flight_bytes, Some(8000));
+    assert_eq!(summary.peak_in_flight, 2);
+    assert!(summary.in_flight_bound >= 10, "{}", summary.in_flight_bound);
+    let outside = probe("byte_capped").peak_live.load(Ordering::SeqCst);
+    assert!(outside <= 2, "test measured {outside} in flight");
+    assert!(
+        summary
+            .render()
+            .contains("in flight: at most 0 MiB of volumes (budget 0 MiB)")
+    );
+}
+
+#[test]
+fn a_case_larger_than_the_byte_budget_still_runs_alone() {
+    let yaml = "
+max_in_flight_bytes: 1 kB
+source:
+  counting: {cases: 5, probe: byte_small, voxels: 1000}
+sinks:
+  - collect: {probe: byte_small}
+";
+    let summary = run(yaml, "byte_small");
+    assert_eq!((summary.done, summary.peak_in_flight), (5, 1));
+    assert_eq!(summary.peak_in_flight_bytes, Some(4000));
+}
+
+#[test]
+fn byte_budgets_read_units_and_refuse_nonsense_with_the_fix() {
+    assert_eq!(config::parse_byte_size("400 MiB"), Ok(400 << 20));
+    assert_eq!(config::parse_byte_size("1.5GB"), Ok(1_500_000_000));
+    assert_eq!(config::parse_byte_size("512"), Ok(512));
+    let e = config::parse_byte_size("400 Mb").unwrap_err();
+    assert!(e.contains("`400 Mb` has the unit `Mb`; use B, kB"), "{e}");
+    assert!(
+        config::parse_byte_size("lots")
+            .unwrap_err()
+            .contains("does not start with a number")
+    );
+    let registry = registry();
+    for (value, message) in [
+        ("0", "`max_in_flight_bytes` must be more than 0"),
+        ("400 Mb", "`max_in_flight_bytes`: `400 Mb` has the unit"),
+        ("[1]", "`max_in_flight_bytes`:"),
+    ] {
+        let yaml = format!(
+            "max_in_flight_bytes: {value}\nsource:\n  counting: {{cases: 1, probe: p}}\nsinks:\n  - collect: {{probe: p}}\n"
+        );
+        let Err(e) = config::parse_str(&yaml, Path::new("budget.yaml"), &[], &registry) else {
+            panic!("`{value}` was accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains(message) && e.contains("budget.yaml:1"), "{e}");
+    }
 }
 
 #[test]
