@@ -120,20 +120,29 @@ fn canonical_params(
 
 /// A size in bytes as written in a pipeline: a number, or a number and a unit (`400 MiB`,
 /// `1.5 GB`; B, kB/KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024).
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum ByteSize {
-    Count(u64),
-    Text(String),
-}
+struct ByteSize(u64);
 
-impl ByteSize {
-    fn bytes(self) -> Result<u64, String> {
-        let text = match self {
-            ByteSize::Count(n) => return Ok(n),
-            ByteSize::Text(t) => t,
-        };
-        parse_byte_size(&text)
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of bytes or a size such as `400 MiB` or `2 GB`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("`{n}` bytes is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                parse_byte_size(text).map(ByteSize).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
     }
 }
 
@@ -411,39 +420,21 @@ impl Validator<'_> {
                     .with_help("leave it out to let the queues alone bound the cases in flight"),
             );
         }
-        let max_in_flight_bytes = match root.get("max_in_flight_bytes") {
-            None => None,
-            Some((_, node)) => match from_node::<ByteSize>(node)
-                .map_err(|e| e.message)
-                .and_then(ByteSize::bytes)
-            {
-                Ok(0) => {
-                    self.error(
-                        Diagnostic::new(
-                            K::InvalidValue,
-                            node.loc,
-                            "`max_in_flight_bytes` must be more than 0",
-                        )
-                        .with_help(
-                            "leave it out to bound the cases in flight by their number alone",
-                        ),
-                    );
-                    None
-                }
-                Ok(bytes) => Some(bytes),
-                Err(message) => {
-                    self.error(
-                        Diagnostic::new(
-                            K::WrongType,
-                            node.loc,
-                            format!("`max_in_flight_bytes`: {message}"),
-                        )
-                        .with_help("write a number of bytes or a size such as `400 MiB` or `2 GB`"),
-                    );
-                    None
-                }
-            },
-        };
+        let max_in_flight_bytes = self
+            .scalar::<ByteSize>(root, "max_in_flight_bytes")
+            .map(|b| b.0);
+        if max_in_flight_bytes == Some(0)
+            && let Some((_, v)) = root.get("max_in_flight_bytes")
+        {
+            self.error(
+                Diagnostic::new(
+                    K::InvalidValue,
+                    v.loc,
+                    "`max_in_flight_bytes` must be more than 0",
+                )
+                .with_help("leave it out to bound the cases in flight by their number alone"),
+            );
+        }
         let split: Option<Split> = self.scalar(root, "split");
         if let (Some(split), Some((_, node))) = (&split, root.get("split")) {
             for problem in split.problems() {

@@ -346,11 +346,7 @@ impl RunState {
                         self.bytes.load(Ordering::SeqCst).saturating_add(e) <= budget
                     })
                 });
-            let reserve = if self.byte_budget.is_some() {
-                expected.unwrap_or(0)
-            } else {
-                0
-            };
+            let reserve = self.byte_budget.and(expected).unwrap_or(0);
             if count_fits && bytes_fit {
                 self.in_flight.fetch_add(1, Ordering::SeqCst);
                 let now = self.bytes.fetch_add(reserve, Ordering::SeqCst) + reserve;
@@ -362,19 +358,25 @@ impl RunState {
             }
             if !warned && started.elapsed() > STALL_WARNING {
                 warned = true;
-                let bound = match (self.max_in_flight, self.byte_budget) {
-                    (Some(max), None) => format!("`max_in_flight: {max}`"),
-                    (_, Some(budget)) => format!(
-                        "`max_in_flight_bytes: {budget}` ({n} cases, {} bytes)",
-                        self.bytes.load(Ordering::SeqCst)
-                    ),
-                    (None, None) => String::new(),
-                };
+                let bounds: Vec<String> = [
+                    self.max_in_flight
+                        .map(|max| format!("`max_in_flight: {max}`")),
+                    self.byte_budget.map(|budget| {
+                        format!(
+                            "`max_in_flight_bytes: {budget}` ({} bytes counted)",
+                            self.bytes.load(Ordering::SeqCst)
+                        )
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
                 tracing::warn!(
-                    "no case has finished for {} s at the bound {bound} of cases in flight; \
+                    "no case has finished for {} s with {n} cases in flight under {}; \
                      a sink that holds cases until it has several (a training batch) needs a \
                      larger bound than what it holds",
-                    STALL_WARNING.as_secs()
+                    STALL_WARNING.as_secs(),
+                    bounds.join(" and ")
                 );
             }
             // Timed, so a cancelled run is noticed even if no case leaves.

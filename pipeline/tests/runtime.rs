@@ -289,7 +289,11 @@ fn byte_budgets_read_units_and_refuse_nonsense_with_the_fix() {
     for (value, message) in [
         ("0", "`max_in_flight_bytes` must be more than 0"),
         ("400 Mb", "`max_in_flight_bytes`: `400 Mb` has the unit"),
-        ("[1]", "`max_in_flight_bytes`:"),
+        (
+            "[1]",
+            "`max_in_flight_bytes`: wrong type: found a list, expected a number of bytes or a size such as `400 MiB`",
+        ),
+        ("-5", "`max_in_flight_bytes`: `-5` bytes is negative"),
     ] {
         let yaml = format!(
             "max_in_flight_bytes: {value}\nsource:\n  counting: {{cases: 1, probe: p}}\nsinks:\n  - collect: {{probe: p}}\n"
